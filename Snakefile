@@ -1,0 +1,24 @@
+# ris: referring image segmentation, reproduced end to end.
+# `snakemake --cores 2` runs the whole DAG at the scale named in config.yaml (demo by default).
+from ris.config import all_runs, evaluations, validate
+
+configfile: "config.yaml"
+
+
+validate(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
+
+RESULTS = config["results_dir"]
+DATA = config["data_dir"]
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        tables=expand(f"{RESULTS}/tables/{{table}}.md", table=config["tables"]),
+        plots=expand(f"{RESULTS}/plots/{{table}}.png", table=config["tables"]),
+    default_target: True

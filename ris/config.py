@@ -1,0 +1,203 @@
+"""The experiment grid: validate ``config.yaml``, expand tables into runs, resolve one run's settings.
+
+The Snakefile calls these functions to build the DAG; ``ris train`` receives the resolved run
+configuration (plain JSON) and stores it in every checkpoint, so a checkpoint is self-describing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file, the field and what was expected."""
+
+
+def load_yaml(path: Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def validate(config: dict, schema_path: Path, source: str = "config.yaml") -> None:
+    """Check ``config`` against the JSON schema and the cross-references the schema cannot express."""
+    schema = load_yaml(schema_path)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.path) or "(top level)"
+        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: field {where}: {e.message}{more}")
+    if config["scale"] not in config["scales"]:
+        raise ConfigError(
+            f"{source}: field scale: {config['scale']!r} is not one of the presets under scales "
+            f"({', '.join(config['scales'])})"
+        )
+    from ris.models import BACKBONES, METHODS
+
+    for tname, table in config["tables"].items():
+        for i, run in enumerate(table["runs"]):
+            if run["method"] not in METHODS:
+                raise ConfigError(
+                    f"{source}: field tables.{tname}.runs.{i}.method: unknown method {run['method']!r}; "
+                    f"expected one of {', '.join(sorted(METHODS))}"
+                )
+            if run["backbone"] not in BACKBONES:
+                raise ConfigError(
+                    f"{source}: field tables.{tname}.runs.{i}.backbone: unknown backbone {run['backbone']!r}; "
+                    f"expected one of {', '.join(sorted(BACKBONES))}"
+                )
+        for d in table["datasets"]:
+            real = dataset_for(config, d)
+            if real not in config["datasets"]:
+                raise ConfigError(
+                    f"{source}: field tables.{tname}.datasets: dataset {d!r} (-> {real!r}) is not declared "
+                    f"under datasets ({', '.join(config['datasets'])})"
+                )
+            missing = [s for s in table["splits"] if s not in config["datasets"][real]["splits"]]
+            if missing and config["datasets"][real]["source"] != "synthetic":
+                raise ConfigError(
+                    f"{source}: field tables.{tname}.splits: {', '.join(missing)} not in the splits of {real!r}"
+                )
+
+
+def preset(config: dict) -> dict:
+    return config["scales"][config["scale"]]
+
+
+def dataset_for(config: dict, name: str) -> str:
+    """The dataset trained on for a table's dataset name at the current scale (demo aliases)."""
+    return preset(config).get("dataset_alias", {}).get(name, name)
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """Identity of one training run; also its Snakemake wildcards."""
+
+    dataset: str
+    method: str
+    backbone: str
+    num_masks: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.backbone}-n{self.num_masks}-s{self.seed}"
+
+    @property
+    def path(self) -> str:
+        return f"{self.dataset}/{self.name}"
+
+
+def table_runs(config: dict, table: str) -> list[RunKey]:
+    """Every run a table needs (datasets x runs x seeds), in table order."""
+    t = config["tables"][table]
+    keys = []
+    for d in t["datasets"]:
+        for run in t["runs"]:
+            for seed in config["seeds"]:
+                keys.append(
+                    RunKey(
+                        dataset_for(config, d), run["method"], run["backbone"], run.get("num_masks", 0), seed
+                    )
+                )
+    return keys
+
+
+def all_runs(config: dict) -> list[RunKey]:
+    """Unique runs over all tables: a run shared by several tables is trained once."""
+    return sorted({k for t in config["tables"] for k in table_runs(config, t)})
+
+
+def evaluations(config: dict) -> list[tuple[RunKey, str]]:
+    """Unique (run, split) evaluations over all tables."""
+    pairs = set()
+    for t, table in config["tables"].items():
+        for k in table_runs(config, t):
+            for s in table["splits"]:
+                pairs.add((k, s))
+    return sorted(pairs)
+
+
+def tracking_uri(config: dict) -> str:
+    """MLflow tracking URI: config, else $MLFLOW_TRACKING_URI, else a SQLite file under results_dir."""
+    uri = (config.get("mlflow") or {}).get("tracking_uri")
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return "sqlite:///" + str(Path(config["results_dir"]).resolve() / "mlflow.db")
+
+
+def experiment_name(config: dict, dataset: str) -> str:
+    """One MLflow experiment per (scale, dataset)."""
+    return f"ris-{config['scale']}-{dataset}"
+
+
+def run_config(config: dict, key: RunKey) -> dict[str, Any]:
+    """The fully resolved settings of one run (what ``ris train`` receives and checkpoints store)."""
+    p = preset(config)
+    method = config["methods"].get(key.method, {})
+    train = copy.deepcopy(p["train"])
+    train.update(method.get("train", {}))
+    data_dir = Path(config["data_dir"])
+    tables = sorted(t for t in config["tables"] if key in table_runs(config, t))
+    return {
+        "run": key.path,
+        "dataset": key.dataset,
+        "seed": key.seed,
+        "data": {
+            "prepared_dir": str(data_dir / "prepared" / key.dataset),
+            "images_dir": str(images_dir(config, key.dataset)),
+        },
+        "model": {
+            "method": key.method,
+            "backbone": key.backbone,
+            "text_encoder": "bert-base-uncased",
+            "size": p["model_size"],
+            "image_size": train["image_size"],
+            "num_masks": key.num_masks,
+            "pretrained_backbone": bool(p.get("pretrained_backbone", False)),
+            "pretrained_text": p.get("pretrained_text"),
+            "options": copy.deepcopy(method.get("options", {})),
+        },
+        "train": train,
+        "tracking": {
+            "uri": tracking_uri(config),
+            "experiment": experiment_name(config, key.dataset),
+            "tags": {
+                "scale": config["scale"],
+                "dataset": key.dataset,
+                "method": key.method,
+                "backbone": key.backbone,
+                "num_masks": str(key.num_masks),
+                "seed": str(key.seed),
+                "tables": ",".join(tables),
+            },
+        },
+    }
+
+
+def refer_dir(config: dict, dataset: str) -> Path:
+    """Folder holding ``refs(<splitBy>).p`` and ``instances.json`` of a dataset."""
+    return Path(config["data_dir"]) / "refer" / dataset
+
+
+def images_dir(config: dict, dataset: str) -> Path:
+    if config["datasets"][dataset]["source"] == "synthetic":
+        return refer_dir(config, dataset) / "images"
+    return Path(config["data_dir"]) / "images" / "train2014"

@@ -1,0 +1,119 @@
+"""Evaluation: per-sample IoUs and the protocol's metrics, for validation during training and per split.
+
+``evaluate_split`` writes ``metrics.json`` (oIoU, mIoU, P@0.5..0.9, sample and ref counts, protocol)
+and ``samples.csv`` (one IoU per (ref, sentence) sample), and logs the split's metrics into the run's
+MLflow run when the checkpoint knows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ris.data.dataset import ReferSplit
+from ris.data.prepare import read_split
+from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ris.metrics import IoUAccumulator, summarize
+from ris.utils import atomic_path, write_json
+
+PROTOCOL = (
+    "LAVT test.py protocol: one sample per (ref, sentence); prediction vs ground truth at "
+    "{size}x{size} (GT resized nearest); IoU=I/U (0 if U=0); oIoU=sum I/sum U; mIoU=mean IoU; "
+    "P@X=share of samples with IoU>=X"
+)
+
+
+@torch.no_grad()
+def run_inference(
+    model, loader: DataLoader, device: torch.device, progress: bool = False, desc: str = "eval"
+):
+    """(per-sample intersection, union, dataset row index) over a loader."""
+    model.eval()
+    acc = IoUAccumulator()
+    rows = []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        images = batch["image"].to(device)
+        target = batch["target"].to(device)
+        pred = model.predict(
+            images,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            tuple(target.shape[-2:]),
+        )
+        acc.update(pred, target)
+        rows.append(batch["row"].numpy())
+    inter, union = acc.arrays()
+    return inter, union, np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
+def evaluate_split(
+    checkpoint: Path,
+    split_table: Path,
+    images_dir: Path,
+    out_dir: Path,
+    split: str,
+    batch_size: int = 16,
+    device: str = "cpu",
+    log_mlflow: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on one prepared split; write metrics.json and samples.csv into ``out_dir``."""
+    ckpt = load_checkpoint(checkpoint)
+    model, tokenizer, config = model_from_checkpoint(ckpt)
+    dev = torch.device(device)
+    model.to(dev)
+    table = read_split(split_table)
+    size = int(config["model"]["image_size"])
+    ds = ReferSplit(table, images_dir, size, tokenizer, int(config["train"]["max_tokens"]), train=False)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    inter, union, rows = run_inference(model, loader, dev, progress=True, desc=f"evaluate {split}")
+    metrics = summarize(inter, union)
+    result = {
+        "run": config["run"],
+        "dataset": config["dataset"],
+        "split": split,
+        "method": config["model"]["method"],
+        "backbone": config["model"]["backbone"],
+        "num_masks": int(config["model"]["num_masks"]),
+        "seed": int(config["seed"]),
+        "epoch": int(ckpt.get("epoch", -1)),
+        "metrics": metrics,
+        "counts": {"samples": int(len(inter)), "refs": int(table["ref_id"].nunique())},
+        "protocol": PROTOCOL.format(size=size),
+    }
+    out_dir = Path(out_dir)
+    samples = table.iloc[rows][["ref_id", "sent_id", "image_id", "file_name", "sentence"]].copy()
+    samples["intersection"], samples["union"] = inter, union
+    samples["iou"] = np.divide(inter, union, out=np.zeros(len(inter)), where=union > 0)
+    with atomic_path(out_dir / "samples.csv") as tmp:
+        samples.to_csv(tmp, index=False)
+    write_json(out_dir / "metrics.json", result)
+    run_id = ckpt.get("mlflow_run_id")
+    if log_mlflow and run_id:
+        from ris.engine.tracking import Tracker
+
+        tracker = Tracker(config["tracking"]["uri"], config["tracking"]["experiment"], run_id=run_id)
+        tracker.log_metrics({f"{split}/{k}": v for k, v in metrics.items()})
+        tracker.log_artifact(out_dir / "metrics.json", artifact_path=f"eval/{split}")
+        tracker.finish()
+    return result
+
+
+def load_metrics(paths: list[Path]) -> pd.DataFrame:
+    """Long table (one row per run x split x metric) from metrics.json files."""
+    import json
+
+    rows = []
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        for metric, value in r["metrics"].items():
+            rows.append(
+                {k: r[k] for k in ("dataset", "split", "method", "backbone", "num_masks", "seed")}
+                | {"metric": metric, "value": value, "samples": r["counts"]["samples"]}
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,108 @@
+"""timm image backbones exposed stage by stage, so language fusion can run after every stage.
+
+Every backbone is split into a ``stem`` and four ``stages`` with output strides 4, 8, 16 and 32. Swin
+stages work on NHWC tensors and CNN stages on NCHW; :class:`StagedBackbone` converts at the boundary so
+fusion modules always see NCHW. timm's Swin puts patch merging at the *start* of each stage, so fusing
+after stage ``i`` and feeding the result to stage ``i + 1`` is exactly LAVT's order (fuse, then
+downsample).
+
+Each registered name has two sizes: ``full`` (the paper's network, ImageNet weights when
+``pretrained``) and ``tiny`` (a small sibling of the same family, random init, for CPU demos).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import timm
+import torch
+from torch import nn
+
+from ris.models.registry import register_backbone
+
+
+class StagedBackbone(nn.Module):
+    """A stem and four stages; ``channels[i]`` is the width of stage ``i``'s output."""
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: list[int], nhwc: bool):
+        super().__init__()
+        if len(stages) != 4 or len(channels) != 4:
+            raise ValueError("a staged backbone needs exactly four stages (strides 4, 8, 16, 32)")
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.channels = list(channels)
+        self.nhwc = nhwc
+
+    def to_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2).contiguous() if self.nhwc else x
+
+    def from_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).contiguous() if self.nhwc else x
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Plain (language-free) features of the four stages, NCHW."""
+        x = self.stem(images)
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(self.to_nchw(x))
+        return outs
+
+
+def _check_size(size: str) -> None:
+    if size not in ("tiny", "full"):
+        raise ValueError(f"backbone size must be 'tiny' or 'full', got {size!r}")
+
+
+@register_backbone("swin_b")
+def swin_b(size: str, image_size: int, pretrained: bool = False) -> StagedBackbone:
+    """Swin-B, window 12 (LAVT's backbone); tiny: embed 32, depths (1, 1, 2, 1), window 4."""
+    _check_size(size)
+    if size == "full":
+        kw = {"window_size": 12}
+    else:
+        kw = {"window_size": 4, "embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 8)}
+    m = timm.create_model(
+        "swin_base_patch4_window12_384", pretrained=pretrained and size == "full", img_size=image_size, **kw
+    )
+    channels = [int(m.embed_dim * 2**i) for i in range(4)]
+    return StagedBackbone(m.patch_embed, list(m.layers), channels, nhwc=True)
+
+
+@register_backbone("resnet101")
+def resnet101(size: str, image_size: int, pretrained: bool = False) -> StagedBackbone:
+    """ResNet-101 (CoupAlign supplementary Table 1); tiny: ResNet-10-T (one block per stage)."""
+    _check_size(size)
+    name = "resnet101" if size == "full" else "resnet10t"
+    m = timm.create_model(name, pretrained=pretrained and size == "full")
+    stem = nn.Sequential(m.conv1, m.bn1, m.act1, m.maxpool)
+    stages = [m.layer1, m.layer2, m.layer3, m.layer4]
+    channels = [int(m.feature_info[i]["num_chs"]) for i in range(1, 5)]
+    return StagedBackbone(stem, stages, channels, nhwc=False)
+
+
+@register_backbone("darknet53")
+def darknet53(size: str, image_size: int, pretrained: bool = False) -> StagedBackbone:
+    """Darknet-53 (YOLOv3's backbone, CoupAlign Table 2); tiny: Darknet-17 at a quarter of the width.
+
+    timm's Darknet has a stride-1 stem and five stride-2 stages: its stem and ``stages[0]`` form our
+    stem (stride 2), and ``stages[1:5]`` are the four fused stages (strides 4 to 32).
+    """
+    _check_size(size)
+    if size == "full":
+        m = timm.create_model("darknet53", pretrained=pretrained)
+    else:
+        from timm.models import cspnet
+
+        cfg = cspnet.model_cfgs["darknet17"]
+        cfg = replace(
+            cfg,
+            stem=replace(cfg.stem, out_chs=16),
+            stages=replace(cfg.stages, out_chs=tuple(c // 4 for c in cfg.stages.out_chs)),
+        )
+        m = cspnet.CspNet(cfg)
+    stem = nn.Sequential(m.stem, m.stages[0])
+    stages = [m.stages[i] for i in range(1, 5)]
+    channels = [int(m.feature_info[i]["num_chs"]) for i in range(2, 6)]
+    return StagedBackbone(stem, stages, channels, nhwc=False)
+

@@ -1,0 +1,100 @@
+"""What every method shares: its configuration, the text and image encoders, the stage-wise fusion loop.
+
+A method subclasses :class:`RISModel`, builds one fusion module per backbone stage and a head, and
+returns ``{"logits": (B, 1, h, w), ...}`` from ``forward``; ``loss`` and ``predict`` work on that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from ris.models.losses import resize_logits, weighted_bce
+from ris.models.registry import BACKBONES, TEXT_ENCODERS, lookup
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in every checkpoint."""
+
+    method: str
+    backbone: str = "swin_b"
+    text_encoder: str = "bert-base-uncased"
+    size: str = "tiny"  # "tiny" (demo) or "full" (paper)
+    image_size: int = 128
+    vocab_size: int = 30522
+    num_masks: int = 0
+    pretrained_backbone: bool = False
+    pretrained_text: str | None = None  # hub id or local folder for from_pretrained
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific settings
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RISModel(nn.Module):
+    """Base class: image backbone and text encoder from the registry, fusion loop, loss, prediction."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = lookup(BACKBONES, "backbone", cfg.backbone)(
+            cfg.size, cfg.image_size, cfg.pretrained_backbone
+        )
+        self.text = lookup(TEXT_ENCODERS, "text encoder", cfg.text_encoder)(
+            cfg.size, cfg.vocab_size, cfg.pretrained_text
+        )
+
+    def option(self, name: str, default: Any) -> Any:
+        return self.cfg.options.get(name, default)
+
+    def encode(
+        self,
+        images: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        fusions: nn.ModuleList,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Run the backbone stage by stage with ``fusions[i]`` after stage ``i``.
+
+        A fusion module maps ``(vis, words, word_mask)`` to ``(vis_next, out, words_next)``: the visual
+        map fed to the next stage, the map handed to the decoder, and (possibly updated) words.
+        """
+        bb = self.backbone
+        x = bb.stem(images)
+        outs = []
+        for stage, fuse in zip(bb.stages, fusions):
+            x = stage(x)
+            v, out, words = fuse(bb.to_nchw(x), words, word_mask)
+            x = bb.from_nchw(v)
+            outs.append(out)
+        return outs, words
+
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Default: LAVT's class-weighted cross-entropy on the final logits."""
+        loss = weighted_bce(outputs["logits"], target)
+        return {"loss": loss, "mask": loss.detach()}
+
+    @torch.no_grad()
+    def predict(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Boolean masks (B, H, W) at ``size``."""
+        logits = self(images, input_ids, attention_mask)["logits"]
+        return resize_logits(logits, size).squeeze(1) > 0

@@ -1,0 +1,124 @@
+"""EAVL: Explicitly Align Vision and Language for Referring Image Segmentation (Yan et al., arXiv 2308.09779).
+
+What follows the paper (abstract and method overview):
+
+* an LAVT-like encoder: image and text encoders with language fusion in the image encoder (here LAVT's
+  stage-wise PWAM + gate, ``PWAMFusion`` reused from :mod:`ris.models.lavt`) and LAVT's top-down pixel
+  decoder (:class:`TopDownDecoder`);
+* a Vision-Language Aligner in the segmentation stage instead of a fixed-kernel classifier: multiple
+  queries, each representing a different emphasis of the expression and generated from the input
+  sentence *and* image (Multi-Query Generator), refined by a transformer decoder over the visual
+  features, are turned into query-based (dynamic) convolution kernels that produce one mask each
+  (Multi-Mask Generator); a Multi-Query Estimator scores the queries and the final result aggregates
+  all masks.
+
+Our reading (options in brackets):
+
+* Multi-Query Generator (:class:`MultiQueryGenerator`): N learned probes; each first pools the
+  stride-32 fused map by single-head attention (its own visual context), then, with that context,
+  scores the words by single-head attention (one distribution over the words per query: its emphasis);
+  query = attended word features + visual context, layer-normalised (in the manner of VLT's query
+  generation);
+* transformer decoder: :class:`QueryDecoder` (cross-attention to the fused maps at strides 32/16/8 round
+  robin, self-attention, FFN) [``query_layers`` 3, ``heads`` 8, ``ffn_dim`` 8 * hidden_dim,
+  ``hidden_dim`` 256 at paper size, 64 tiny];
+* Multi-Mask Generator: a linear layer turns each query into a 1x1 conv weight and bias over the pixel
+  decoder output (:class:`DynamicMaskHead`, one layer);
+* Multi-Query Estimator: a 2-layer MLP scores each query, softmax over the queries; output logits =
+  score-weighted sum of the per-query mask logits (:func:`weighted_mask_sum`);
+* number of queries: ``cfg.num_masks`` when > 0, else option ``num_queries`` (default 8, our choice);
+  setting both to different values is an error;
+* loss: LAVT's class-weighted BCE on the aggregated logits, plus ``dice_weight`` (default 0.0) times a
+  Dice loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ris.models.base import ModelConfig, RISModel
+from ris.models.blocks import (
+    MLP,
+    CrossAttention,
+    DynamicMaskHead,
+    QueryDecoder,
+    TopDownDecoder,
+    flatten_hw,
+    weighted_mask_sum,
+)
+from ris.models.lavt import PWAMFusion
+from ris.models.losses import dice_loss, weighted_bce
+from ris.models.registry import register_method
+
+
+class MultiQueryGenerator(nn.Module):
+    """N queries, each a different, image-conditioned weighting of the words."""
+
+    def __init__(self, num_queries: int, vis_dim: int, lang_dim: int, dim: int):
+        super().__init__()
+        self.probes = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        self.vis_pool = CrossAttention(dim, vis_dim, dim, heads=1)
+        self.word_attn = CrossAttention(dim, lang_dim, dim, heads=1)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, vis: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        probes = self.probes.expand(vis.shape[0], -1, -1)
+        context = self.vis_pool(probes, flatten_hw(vis))
+        emphasis = self.word_attn(probes + context, words, word_mask)
+        return self.norm(emphasis + context)
+
+
+@register_method("eavl")
+class EAVL(RISModel):
+    """EAVL on any staged backbone; options: see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        chans = self.backbone.channels
+        dim = self.option("hidden_dim", 256 if cfg.size == "full" else 64)
+        option_n = self.option("num_queries", None)
+        if cfg.num_masks > 0 and option_n is not None and option_n != cfg.num_masks:
+            raise ValueError(f"num_masks={cfg.num_masks} and option num_queries={option_n} disagree")
+        self.num_queries = int(cfg.num_masks if cfg.num_masks > 0 else (option_n or 8))
+        if self.num_queries < 1:
+            raise ValueError(f"EAVL needs at least one query, got {self.num_queries}")
+        self.dice_weight = float(self.option("dice_weight", 0.0))
+        heads, drop = self.option("fusion_heads", 1), self.option("fusion_dropout", 0.0)
+        self.fusions = nn.ModuleList(PWAMFusion(c, self.text.dim, heads, drop) for c in chans)
+        self.decoder = TopDownDecoder(chans)
+        self.query_generator = MultiQueryGenerator(self.num_queries, chans[3], self.text.dim, dim)
+        self.query_decoder = QueryDecoder(
+            chans[1:],
+            dim,
+            layers=self.option("query_layers", 3),
+            heads=self.option("heads", 8),
+            ffn_dim=self.option("ffn_dim", 8 * dim),
+            dropout=self.option("dropout", 0.0),
+        )
+        self.mask_generator = DynamicMaskHead(dim, self.decoder.hidden, layers=1, bias=True)
+        self.query_estimator = MLP(dim, dim, 1, layers=2)
+
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, Any]:
+        words, _ = self.text(input_ids, attention_mask)
+        feats, _ = self.encode(images, words, attention_mask, self.fusions)
+        pix = self.decoder(feats)
+        q = self.query_generator(feats[3], words, attention_mask)
+        q = self.query_decoder(q, feats[1:])
+        masks = self.mask_generator(q, pix)
+        scores = torch.softmax(self.query_estimator(q).squeeze(-1), dim=1)
+        return {"logits": weighted_mask_sum(masks, scores), "masks": masks, "query_scores": scores}
+
+    def loss(self, outputs: dict[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
+        mask = weighted_bce(outputs["logits"], target)
+        parts = {"mask": mask.detach()}
+        loss = mask
+        if self.dice_weight:
+            dice = dice_loss(outputs["logits"], target)
+            loss = loss + self.dice_weight * dice
+            parts["dice"] = dice.detach()
+        return {"loss": loss, **parts}

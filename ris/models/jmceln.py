@@ -1,0 +1,127 @@
+"""JMCELN: Joint Mask Contextual Embedding Learning and Progressive Alignment Network (EMNLP 2023).
+
+Only the paper's abstract is public. It names a Learnable Contextual Embedding that carries context
+across a cascade of predictions, a Progressive Alignment Network that uses each stage's prediction to
+align the next and reduce the inconsistency between stages, and a multi-stage (cascaded) prediction.
+**Everything below is our reading of that abstract**; no section, equation or setting of the paper is
+followed because none is available to us.
+
+* encoder and pixel decoder: LAVT's stage-wise PWAM + gate (``PWAMFusion`` from :mod:`ris.models.lavt`)
+  and :class:`TopDownDecoder` [``fusion_heads`` 1, ``fusion_dropout`` 0.0];
+* Learnable Contextual Embedding: K learned vectors of width ``hidden_dim`` [``context_tokens`` 4,
+  ``hidden_dim`` 256 at paper size, 64 tiny]; at each stage they read, by cross-attention, the
+  projected words plus the region of the current prediction (pixel features mask-pooled with the
+  previous stage's sigmoid, a plain average at stage 1), and a GRU cell updates them with what they read;
+* each stage (:class:`ContextStage`, ``num_stages`` [3] of them, no weight sharing) predicts a mask:
+  every contextual vector becomes a dynamic 1x1 kernel (:class:`DynamicMaskHead`, 2-layer generator)
+  over the stage's pixel features, and the K masks are weighted by a softmax over K of their scaled dot
+  product with the projected sentence (masked mean of the words);
+* Progressive Alignment: the previous stage's probability filters the current stage's features,
+  ``refine(pixels * (1 + p_prev))`` (3x3 conv-BN-ReLU per stage); gradients flow through ``p_prev``;
+* deep supervision: LAVT's weighted BCE on every stage's logits, combined with ``stage_weights``
+  [all 1.0] normalised by their sum; the final logits are the last stage's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ris.models.base import ModelConfig, RISModel
+from ris.models.blocks import (
+    CrossAttention,
+    DynamicMaskHead,
+    TopDownDecoder,
+    conv_bn_relu,
+    mask_pool,
+    masked_mean,
+    weighted_mask_sum,
+)
+from ris.models.lavt import PWAMFusion
+from ris.models.losses import weighted_bce
+from ris.models.registry import register_method
+
+
+class ContextStage(nn.Module):
+    """One cascade stage: filter by the previous prediction, update the context, predict a mask."""
+
+    def __init__(self, pixel_dim: int, dim: int, heads: int):
+        super().__init__()
+        self.refine = conv_bn_relu(pixel_dim, dim)
+        self.read = CrossAttention(dim, dim, dim, heads)
+        self.update = nn.GRUCell(dim, dim)
+        self.mask_head = DynamicMaskHead(dim, dim, layers=2, bias=True)
+
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        context: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        sentence: torch.Tensor,
+        prev_logits: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        prob = None if prev_logits is None else prev_logits.sigmoid()
+        feats = self.refine(pixels if prob is None else pixels * (1.0 + prob))
+        region = mask_pool(feats, prob).unsqueeze(1)
+        mem = torch.cat([words, region], dim=1)
+        mem_mask = torch.cat([word_mask.bool(), word_mask.new_ones(word_mask.shape[0], 1).bool()], dim=1)
+        b, k, d = context.shape
+        read = self.read(context, mem, mem_mask)
+        context = self.update(read.reshape(b * k, d), context.reshape(b * k, d)).view(b, k, d)
+        masks = self.mask_head(context, feats)
+        weights = torch.softmax(torch.einsum("bkd,bd->bk", context, sentence) / math.sqrt(d), dim=1)
+        return weighted_mask_sum(masks, weights), context
+
+
+@register_method("jmceln")
+class JMCELN(RISModel):
+    """JMCELN as we read its abstract; options: see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        chans = self.backbone.channels
+        dim = self.option("hidden_dim", 256 if cfg.size == "full" else 64)
+        stages = int(self.option("num_stages", 3))
+        if stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {stages}")
+        weights = [float(w) for w in self.option("stage_weights", [1.0] * stages)]
+        if len(weights) != stages or sum(weights) <= 0:
+            raise ValueError(f"stage_weights {weights} must be {stages} values with a positive sum")
+        self.stage_weights = weights
+        heads, drop = self.option("fusion_heads", 1), self.option("fusion_dropout", 0.0)
+        self.fusions = nn.ModuleList(PWAMFusion(c, self.text.dim, heads, drop) for c in chans)
+        self.decoder = TopDownDecoder(chans)
+        self.context = nn.Parameter(torch.randn(self.option("context_tokens", 4), dim) * 0.02)
+        self.word_proj = nn.Linear(self.text.dim, dim)
+        self.sentence_proj = nn.Linear(self.text.dim, dim)
+        self.stages = nn.ModuleList(
+            ContextStage(self.decoder.hidden, dim, self.option("heads", 8)) for _ in range(stages)
+        )
+
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, Any]:
+        words, _ = self.text(input_ids, attention_mask)
+        feats, words = self.encode(images, words, attention_mask, self.fusions)
+        pixels = self.decoder(feats)
+        sentence = self.sentence_proj(masked_mean(words, attention_mask))
+        words = self.word_proj(words)
+        context = self.context.expand(images.shape[0], -1, -1)
+        logits, all_logits = None, []
+        for stage in self.stages:
+            logits, context = stage(pixels, context, words, attention_mask, sentence, logits)
+            all_logits.append(logits)
+        return {"logits": logits, "stage_logits": all_logits}
+
+    def loss(self, outputs: dict[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = [weighted_bce(lg, target) for lg in outputs["stage_logits"]]
+        total = sum(w * p for w, p in zip(self.stage_weights, parts, strict=True)) / sum(self.stage_weights)
+        return {
+            "loss": total,
+            "mask": parts[-1].detach(),
+            **{f"stage{i + 1}": p.detach() for i, p in enumerate(parts)},
+        }

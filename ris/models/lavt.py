@@ -1,0 +1,64 @@
+"""LAVT: Language-Aware Vision Transformer (Yang et al., CVPR 2022; official code yz93/LAVT-RIS).
+
+Follows the official architecture:
+
+* after every backbone stage, a pixel-word attention module (PWAM, :class:`PixelWordAttention`)
+  turns the stage output and the BERT word features into a multimodal map F_i (paper Sec. 3.2);
+* a language gate (:class:`LanguageGate`, zero-initialised) adds F_i back into the visual stream that
+  feeds the next stage (paper Sec. 3.3; the official code fuses *before* Swin's patch merging);
+* F_i, layer-normalised, goes to the top-down decoder (:class:`TopDownDecoder`, official
+  ``mask_predictor.py``) whose 1/4-resolution output a 1x1 conv turns into two class scores;
+* loss: cross-entropy with class weights 0.9 (background) / 1.1 (foreground), official ``train.py``.
+
+Our reading: the two class scores are returned as one foreground logit (their difference), which leaves
+the loss and the argmax prediction unchanged; fusion also runs on ResNet/Darknet stages (CoupAlign's
+supplementary Table 1 evaluates "LAVT-ResNet101" without describing it; this is the direct transfer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ris.models.base import ModelConfig, RISModel
+from ris.models.blocks import ChannelNorm, LanguageGate, PixelWordAttention, TopDownDecoder
+from ris.models.registry import register_method
+
+
+class PWAMFusion(nn.Module):
+    """One LAVT stage fusion: PWAM, the language gate, and the output norm."""
+
+    def __init__(self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.pwam = PixelWordAttention(vis_dim, lang_dim, heads, dropout)
+        self.gate = LanguageGate(vis_dim)
+        self.norm = ChannelNorm(vis_dim)
+
+    def forward(
+        self, vis: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mm = self.pwam(vis, words, word_mask)
+        return self.gate(vis, mm), self.norm(mm), words
+
+
+@register_method("lavt")
+class LAVT(RISModel):
+    """LAVT on any staged backbone; options: ``fusion_heads`` (1), ``fusion_dropout`` (0.0)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        chans = self.backbone.channels
+        heads, drop = self.option("fusion_heads", 1), self.option("fusion_dropout", 0.0)
+        self.fusions = nn.ModuleList(PWAMFusion(c, self.text.dim, heads, drop) for c in chans)
+        self.decoder = TopDownDecoder(chans)
+        self.classifier = nn.Conv2d(self.decoder.hidden, 2, 1)
+
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, Any]:
+        words, _ = self.text(input_ids, attention_mask)
+        feats, _ = self.encode(images, words, attention_mask, self.fusions)
+        scores = self.classifier(self.decoder(feats))
+        return {"logits": scores[:, 1:2] - scores[:, 0:1]}

@@ -1,0 +1,78 @@
+"""Configuration: schema validation with clear messages, run expansion, run resolution."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ris.config import ConfigError, RunKey, all_runs, evaluations, load_yaml, run_config, validate
+from tests.conftest import REPO
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.fixture
+def config() -> dict:
+    return load_yaml(REPO / "config.yaml")
+
+
+def test_shipped_config_is_valid(config):
+    validate(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c.pop("tables"), "field (top level): 'tables' is a required property"),
+        (lambda c: c.update(scale="huge"), "field scale: 'huge' is not one of the presets"),
+        (
+            lambda c: c["scales"]["demo"]["train"].update(epochs=0),
+            "field scales.demo.train.epochs: 0 is less than",
+        ),
+        (
+            lambda c: c["scales"]["demo"]["train"].update(bogus=1),
+            "field scales.demo.train: Additional properties",
+        ),
+        (lambda c: c["tables"]["summary"]["runs"][0].update(backbone="vgg"), "unknown backbone 'vgg'"),
+        (
+            lambda c: c["tables"]["summary"].update(datasets=["nope"]),
+            "dataset 'nope' (-> 'nope') is not declared",
+        ),
+    ],
+)
+def test_invalid_configs_name_the_field(config, mutate, message):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(ConfigError) as e:
+        validate(bad, SCHEMA)
+    assert message in str(e.value)
+    assert str(e.value).startswith("config.yaml: ")
+
+
+def test_runs_shared_by_tables_are_trained_once(config):
+    config["seeds"] = [0, 1]
+    config["tables"]["other"] = copy.deepcopy(config["tables"]["summary"])
+    config["tables"]["other"]["splits"] = ["val"]
+    runs = all_runs(config)
+    assert runs == [RunKey("synthetic", "lavt", "swin_b", 0, 0), RunKey("synthetic", "lavt", "swin_b", 0, 1)]
+    assert len(evaluations(config)) == 2 * 3
+
+
+def test_run_config_resolves_preset_and_method(config):
+    config["methods"]["lavt"]["train"] = {"lr": 1.0e-2}
+    rc = run_config(config, RunKey("synthetic", "lavt", "swin_b", 0, 0))
+    assert (
+        rc["train"]["lr"] == 1.0e-2 and rc["train"]["epochs"] == config["scales"]["demo"]["train"]["epochs"]
+    )
+    assert rc["model"]["size"] == "tiny" and rc["model"]["options"]["fusion_heads"] == 1
+    assert rc["tracking"]["uri"].startswith("sqlite:////") and rc["tracking"]["uri"].endswith(
+        "results/mlflow.db"
+    )
+    assert rc["tracking"]["tags"]["tables"] == "summary"
+
+
+def test_tracking_uri_env_override(config, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    rc = run_config(config, RunKey("synthetic", "lavt", "swin_b", 0, 0))
+    assert rc["tracking"]["uri"] == "http://127.0.0.1:5999"

@@ -1,0 +1,185 @@
+"""Model-level tests over the whole registry: shapes, finite losses, gradients, overfitting, paper size."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from ris.models import BACKBONES, METHODS, ModelConfig, RISModel, build_model
+
+IMAGE = 64  # tiny Swin: stage maps 16/8/4/2, window 4 (clipped to 2 at the last stage)
+VOCAB = 50
+TOKENS = 8
+
+# Parameters that may receive no gradient by design, per method (parameter-name substrings). Empty: every
+# trainable parameter of every method must get a gradient (zero is fine: LAVT's zero-initialised gate).
+NO_GRAD_ALLOWED: dict[str, tuple[str, ...]] = {}
+
+# The default case of each method in the registry-wide grid (CoupAlign with its SMA path on).
+DEFAULT_MASKS = {"coupalign": 4}
+
+# Extra cases: the mask / query count N of the query-based methods.
+EXTRA_CASES = [
+    ("coupalign", "swin_b", 0, {}),
+    ("coupalign", "swin_b", 1, {}),
+    ("eavl", "swin_b", 1, {}),
+    ("eavl", "swin_b", 0, {"num_queries": 4}),
+    ("jmceln", "swin_b", 0, {"num_stages": 1, "context_tokens": 1}),
+]
+
+GRID = [(m, b, DEFAULT_MASKS.get(m, 0), {}) for m in sorted(METHODS) for b in sorted(BACKBONES)] + EXTRA_CASES
+
+
+def _model(method: str, backbone: str = "swin_b", num_masks: int = 0, options: dict | None = None) -> RISModel:
+    cfg = ModelConfig(
+        method=method,
+        backbone=backbone,
+        size="tiny",
+        image_size=IMAGE,
+        vocab_size=VOCAB,
+        num_masks=num_masks,
+        options=dict(options or {}),
+    )
+    return build_model(cfg)
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two images, 8 tokens (the second sentence padded after 5), a square target in each image."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(2, 3, IMAGE, IMAGE, generator=g)
+    ids = torch.randint(1, VOCAB, (2, TOKENS), generator=g)
+    mask = torch.ones(2, TOKENS, dtype=torch.long)
+    mask[1, 5:] = 0
+    ids[1, 5:] = 0
+    target = torch.zeros(2, IMAGE, IMAGE, dtype=torch.long)
+    target[0, 12:40, 16:44] = 1
+    target[1, 30:60, 4:30] = 1
+    return images, ids, mask, target
+
+
+def _case_id(case: tuple) -> str:
+    method, backbone, n, options = case
+    extra = "".join(f"-{k}{v}" for k, v in options.items())
+    return f"{method}-{backbone}-n{n}{extra}"
+
+
+@pytest.mark.parametrize("case", GRID, ids=[_case_id(c) for c in GRID])
+def test_forward_loss_backward(case):
+    method, backbone, num_masks, options = case
+    torch.manual_seed(0)
+    model = _model(method, backbone, num_masks, options)
+    images, ids, mask, target = _batch()
+    out = model(images, ids, mask)
+    logits = out["logits"]
+    assert logits.dim() == 4 and logits.shape[:2] == (2, 1)
+    assert torch.isfinite(logits).all()
+    losses = model.loss(out, target)
+    loss = losses["loss"]
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    for name, part in losses.items():
+        if name != "loss":
+            assert not part.requires_grad and torch.isfinite(part), name
+    loss.backward()
+    allowed = NO_GRAD_ALLOWED.get(method, ())
+    missing, bad = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or any(a in name for a in allowed):
+            continue
+        if p.grad is None:
+            missing.append(name)
+        elif not torch.isfinite(p.grad).all():
+            bad.append(name)
+    assert not missing, f"no gradient: {missing}"
+    assert not bad, f"non-finite gradient: {bad}"
+    pred = model.eval().predict(images, ids, mask, (IMAGE, IMAGE))
+    assert pred.shape == (2, IMAGE, IMAGE) and pred.dtype == torch.bool
+
+
+def test_coupalign_without_masks_has_no_sma():
+    model = _model("coupalign", num_masks=0)
+    names = [n for n, _ in model.named_modules()] + [n for n, _ in model.named_parameters()]
+    assert not [n for n in names if "query" in n or "sma" in n]
+    assert hasattr(model, "classifier")
+    with_sma = _model("coupalign", num_masks=4)
+    assert with_sma.query_feat.num_embeddings == 4 and not hasattr(with_sma, "classifier")
+    images, ids, mask, _ = _batch()
+    out = with_sma(images, ids, mask)
+    assert out["masks"].shape[:2] == (2, 4)
+    assert torch.allclose(out["mask_weights"].sum(1), torch.ones(2))
+
+
+def test_eavl_query_count():
+    assert _model("eavl").num_queries == 8
+    assert _model("eavl", num_masks=3).num_queries == 3
+    assert _model("eavl", options={"num_queries": 5}).num_queries == 5
+    with pytest.raises(ValueError):
+        _model("eavl", num_masks=3, options={"num_queries": 5})
+    images, ids, mask, _ = _batch()
+    out = _model("eavl", num_masks=3)(images, ids, mask)
+    assert out["masks"].shape[:2] == (2, 3)
+    assert torch.allclose(out["query_scores"].sum(1), torch.ones(2))
+
+
+def test_jmceln_stages():
+    model = _model("jmceln", options={"num_stages": 2, "stage_weights": [0.5, 1.0]})
+    images, ids, mask, target = _batch()
+    out = model(images, ids, mask)
+    assert len(out["stage_logits"]) == 2 and out["logits"] is out["stage_logits"][-1]
+    losses = model.loss(out, target)
+    expected = (0.5 * losses["stage1"] + 1.0 * losses["stage2"]) / 1.5
+    assert torch.allclose(losses["loss"].detach(), expected)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_overfits_one_batch(method):
+    torch.manual_seed(0)
+    model = _model(method, "swin_b", DEFAULT_MASKS.get(method, 0))
+    model.train()
+    images, ids, mask, target = _batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = last = None
+    for _ in range(40):
+        loss = model.loss(model(images, ids, mask), target)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        last = loss.item()
+        first = last if first is None else first
+        if last <= 0.5 * first:
+            break
+    assert last <= 0.5 * first, f"{method}: loss {first:.3f} -> {last:.3f} in 40 steps"
+
+
+PAPER_CASES = [(m, b) for m in sorted(METHODS) for b in sorted(BACKBONES)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,backbone", PAPER_CASES, ids=[f"{m}-{b}" for m, b in PAPER_CASES])
+def test_paper_size_forward(method, backbone):
+    """Paper-size networks (random init): one CPU forward at 480 px, 20 tokens; prints parameter counts."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        method=method,
+        backbone=backbone,
+        size="full",
+        image_size=480,
+        num_masks=8 if method == "coupalign" else 0,
+    )
+    model = build_model(cfg).eval()
+    total = sum(p.numel() for p in model.parameters())
+    bb = sum(p.numel() for p in model.backbone.parameters())
+    txt = sum(p.numel() for p in model.text.parameters())
+    ids = torch.randint(1000, cfg.vocab_size, (1, 20))
+    mask = torch.ones(1, 20, dtype=torch.long)
+    mask[0, 12:] = 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 480, 480), ids, mask)["logits"]
+    seconds = time.perf_counter() - start
+    assert logits.shape == (1, 1, 120, 120) and torch.isfinite(logits).all()
+    print(
+        f"\nPARAMS {method} {backbone}: total {total / 1e6:.2f}M = backbone {bb / 1e6:.2f}M"
+        f" + text {txt / 1e6:.2f}M + method {(total - bb - txt) / 1e6:.2f}M; forward {seconds:.1f}s"
+    )

@@ -1,0 +1,120 @@
+"""The Snakemake DAG end to end, in a temporary copy of the repository, on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+TINY = {
+    "synthetic": {"seed": 0, "image_size": 64, "num_images": {"train": 24, "val": 6, "testA": 4, "testB": 4}},
+    "train": {"image_size": 64, "epochs": 2, "batch_size": 4, "lr": 1.0e-3},
+}
+
+
+def make_workdir(tmp_path: Path, tables: dict | None = None, scale_train: dict | None = None) -> Path:
+    """Copy the workflow into ``tmp_path`` with a tiny config.yaml (a fresh-clone stand-in)."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copy(REPO / "Snakefile", work / "Snakefile")
+    shutil.copytree(REPO / "workflow", work / "workflow")
+    shutil.copy(REPO / "environment.yml", work / "environment.yml")
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["synthetic"].update(TINY["synthetic"])
+    cfg["scales"]["demo"]["train"].update(scale_train or TINY["train"])
+    if tables is not None:
+        cfg["tables"] = tables
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return work
+
+
+def snakemake(work: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_demo_dag_end_to_end(tmp_path):
+    work = make_workdir(tmp_path)
+    r = snakemake(work)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = work / "results"
+
+    table = pd.read_csv(results / "tables" / "summary.csv")
+    assert set(table["split"]) == {"val", "testA", "testB"}
+    assert set(table["metric"]) >= {"oIoU", "mIoU", "P@0.5", "P@0.9"}
+    md = (results / "tables" / "summary.md").read_text()
+    assert "| synthetic | lavt | swin_b | 0 |" in md
+    assert (results / "plots" / "summary.png").stat().st_size > 10_000
+
+    metrics = json.loads((results / "eval/synthetic/lavt-swin_b-n0-s0/val/metrics.json").read_text())
+    assert metrics["counts"]["samples"] > 0 and set(metrics["metrics"]) >= {"oIoU", "mIoU", "P@0.7"}
+    samples = pd.read_csv(results / "eval/synthetic/lavt-swin_b-n0-s0/val/samples.csv")
+    assert len(samples) == metrics["counts"]["samples"]
+    history = [
+        json.loads(x)
+        for x in (results / "runs/synthetic/lavt-swin_b-n0-s0/history.jsonl").read_text().splitlines()
+    ]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+    # MLflow: one run per trained model, with per-epoch, final split metrics, params and artifacts.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ris-demo-synthetic")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["method"] == "lavt" and run.data.tags["tables"] == "summary"
+    assert run.data.params["train.epochs"] == "2"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert run.data.metrics["testB/oIoU"] == pytest.approx(
+        json.loads((results / "eval/synthetic/lavt-swin_b-n0-s0/testB/metrics.json").read_text())["metrics"][
+            "oIoU"
+        ]
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "history.jsonl", "eval"} <= artifacts
+
+    # Nothing to do on a second run.
+    again = snakemake(work, "-n")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_lint_is_clean(tmp_path):
+    work = make_workdir(tmp_path)
+    r = snakemake(work, "--lint")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Lints for" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_invalid_config_gives_clear_error(tmp_path):
+    work = make_workdir(tmp_path)
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["tables"]["summary"]["runs"][0]["method"] = "nosuchmethod"
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake(work, "-n")
+    assert r.returncode != 0
+    assert (
+        "config.yaml: field tables.summary.runs.0.method: unknown method 'nosuchmethod'"
+        in r.stdout + r.stderr
+    )

@@ -1,0 +1,35 @@
+# Data: synthesize (demo) or REFER files (paper) -> prepared Parquet tables per split.
+
+
+rule synthesize:
+    output:
+        refs=f"{DATA}/refer/{{dataset}}/refs(unc).p",
+        instances=f"{DATA}/refer/{{dataset}}/instances.json",
+    params:
+        cfg=lambda wildcards: json.dumps(config.get("synthetic", {})),
+        out=lambda wildcards: str(refer_dir(config, wildcards.dataset)),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/synthesize/{{dataset}}.log",
+    shell:
+        "python -m ris synthesize --out {params.out} --config {params.cfg:q} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        refer_files,
+    output:
+        directory(f"{DATA}/prepared/{{dataset}}"),
+    params:
+        refer=lambda wildcards: str(refer_dir(config, wildcards.dataset)),
+        split_by=lambda wildcards: config["datasets"][wildcards.dataset]["split_by"],
+        splits=lambda wildcards: " ".join(dataset_splits(wildcards.dataset)),
+        images=lambda wildcards: str(images_dir(config, wildcards.dataset)),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/prepare/{{dataset}}.log",
+    shell:
+        "python -m ris prepare --refer-dir {params.refer:q} --split-by {params.split_by} --splits {params.splits}"
+        " --images {params.images:q} --out {output:q} > {log} 2>&1"

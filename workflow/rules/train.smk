@@ -1,0 +1,61 @@
+# Training (one job per dataset x method x backbone x N x seed) and evaluation (one job per run x split).
+
+
+localrules:
+    mlflow_init,
+
+
+rule mlflow_init:
+    # The SQLite store must exist before parallel jobs log to it (creating it concurrently races).
+    output:
+        f"{RESULTS}/mlflow_ready.json",
+    params:
+        uri=tracking_uri(config),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/mlflow_init.log",
+    shell:
+        "python -m ris mlflow-init --uri {params.uri:q} --marker {output:q} > {log} 2>&1"
+
+
+rule train:
+    input:
+        prepared=f"{DATA}/prepared/{{dataset}}",
+        mlflow=rules.mlflow_init.output,
+    output:
+        model=f"{RUN_DIR}/model.pt",
+        history=f"{RUN_DIR}/history.jsonl",
+    params:
+        cfg=lambda wildcards: json.dumps(run_config(config, run_key(wildcards)), sort_keys=True),
+        out=RUN_DIR,
+    threads: workflow.cores
+    resources:
+        gpu=0,
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.log",
+    shell:
+        "python -m ris train --run-config {params.cfg:q} --out {params.out:q} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        model=rules.train.output.model,
+        prepared=f"{DATA}/prepared/{{dataset}}",
+    output:
+        metrics=f"{EVAL_DIR}/metrics.json",
+        samples=f"{EVAL_DIR}/samples.csv",
+    params:
+        images=lambda wildcards: str(images_dir(config, wildcards.dataset)),
+        out=EVAL_DIR,
+    threads: 1
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/evaluate/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}-{{split}}.log",
+    shell:
+        "python -m ris evaluate --checkpoint {input.model:q} --split-table {input.prepared:q}/{wildcards.split}.parquet"
+        " --split {wildcards.split} --images {params.images:q} --out {params.out:q} --threads {threads}"
+        " > {log} 2>&1"
