@@ -1,6 +1,7 @@
 """The ``ris`` command: one sub-command per stage of the data flow (each Snakemake rule calls one).
 
     ris synthesize   demo data in the REFER format
+    ris download     fetch, verify and safely extract a dataset archive
     ris prepare      REFER files -> one Parquet table per split
     ris mlflow-init  create the tracking store once, before the training fan-out
     ris train        train one run from its resolved JSON configuration
@@ -28,6 +29,14 @@ def _synthesize(a: argparse.Namespace) -> None:
     cfg = SyntheticConfig.from_dict(json.loads(a.config) if a.config else {})
     summary = synthesize(Path(a.out), cfg)
     print(json.dumps(summary, indent=2))
+
+
+def _download(a: argparse.Namespace) -> None:
+    from ris.data.download import RemoteFile, fetch_and_extract
+
+    remote = RemoteFile(a.name, tuple(a.url), a.size or None, a.sha256 or None)
+    out = fetch_and_extract(remote, Path(a.download_dir), Path(a.extract_dir), timeout=a.timeout, retries=a.retries)
+    print(f"{a.name}: verified and extracted into {out}")
 
 
 def _prepare(a: argparse.Namespace) -> None:
@@ -103,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="", help="SyntheticConfig as JSON, e.g. '{\"seed\": 1}'")
     s.set_defaults(fn=_synthesize)
 
+    s = sub.add_parser("download", help="download (resumable, mirrors, sha256) and safely extract an archive")
+    s.add_argument("--name", required=True, help="file name, e.g. refcoco.zip")
+    s.add_argument("--url", action="append", required=True, help="a mirror; repeat, tried in order")
+    s.add_argument("--size", type=int, default=0, help="expected size in bytes (0: unknown)")
+    s.add_argument("--sha256", default="", help="expected SHA-256 (empty: unknown)")
+    s.add_argument("--download-dir", required=True)
+    s.add_argument("--extract-dir", required=True)
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry")
+    s.add_argument("--retries", type=int, default=5)
+    s.set_defaults(fn=_download)
+
     s = sub.add_parser("prepare", help="REFER files -> one Parquet table per split")
     s.add_argument("--refer-dir", required=True, help="folder with refs(<split_by>).p and instances.json")
     s.add_argument("--split-by", required=True, help="unc, google, umd, ...")
@@ -153,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-USER_ERRORS = (FileNotFoundError, ValueError, KeyError, OSError)
+USER_ERRORS = (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,17 +61,18 @@ def validate(config: dict, schema_path: Path, source: str = "config.yaml") -> No
                     f"{source}: field tables.{tname}.runs.{i}.backbone: unknown backbone {run['backbone']!r}; "
                     f"expected one of {', '.join(sorted(BACKBONES))}"
                 )
-        for d in table["datasets"]:
+        for d, splits in table["datasets"].items():
             real = dataset_for(config, d)
             if real not in config["datasets"]:
                 raise ConfigError(
                     f"{source}: field tables.{tname}.datasets: dataset {d!r} (-> {real!r}) is not declared "
                     f"under datasets ({', '.join(config['datasets'])})"
                 )
-            missing = [s for s in table["splits"] if s not in config["datasets"][real]["splits"]]
-            if missing and config["datasets"][real]["source"] != "synthetic":
+            missing = [s for s in splits if s not in config["datasets"][real]["splits"]]
+            if missing:
                 raise ConfigError(
-                    f"{source}: field tables.{tname}.splits: {', '.join(missing)} not in the splits of {real!r}"
+                    f"{source}: field tables.{tname}.datasets.{d}: split(s) {', '.join(missing)} are not among "
+                    f"the splits of dataset {real!r} ({', '.join(config['datasets'][real]['splits'])})"
                 )
 
 
@@ -107,7 +108,7 @@ def table_runs(config: dict, table: str) -> list[RunKey]:
     """Every run a table needs (datasets x runs x seeds), in table order."""
     t = config["tables"][table]
     keys = []
-    for d in t["datasets"]:
+    for d in dict.fromkeys(dataset_for(config, d) for d in t["datasets"]):
         for run in t["runs"]:
             for seed in config["seeds"]:
                 keys.append(
@@ -126,11 +127,21 @@ def all_runs(config: dict) -> list[RunKey]:
 def evaluations(config: dict) -> list[tuple[RunKey, str]]:
     """Unique (run, split) evaluations over all tables."""
     pairs = set()
-    for t, table in config["tables"].items():
-        for k in table_runs(config, t):
-            for s in table["splits"]:
-                pairs.add((k, s))
+    for t in config["tables"]:
+        pairs.update(table_evaluations(config, t))
     return sorted(pairs)
+
+
+def table_evaluations(config: dict, table: str) -> list[tuple[RunKey, str]]:
+    """(run, split) pairs of one table, in table order, without repeats (demo aliases collapse datasets)."""
+    t = config["tables"][table]
+    pairs = []
+    for d, splits in t["datasets"].items():
+        real = dataset_for(config, d)
+        for k in table_runs(config, table):
+            if k.dataset == real:
+                pairs.extend((k, s) for s in splits)
+    return list(dict.fromkeys(pairs))
 
 
 def tracking_uri(config: dict) -> str:
@@ -173,7 +184,7 @@ def run_config(config: dict, key: RunKey) -> dict[str, Any]:
             "num_masks": key.num_masks,
             "pretrained_backbone": bool(p.get("pretrained_backbone", False)),
             "pretrained_text": p.get("pretrained_text"),
-            "options": copy.deepcopy(method.get("options", {})),
+            "options": {**copy.deepcopy(p.get("model_options", {})), **copy.deepcopy(method.get("options", {}))},
         },
         "train": train,
         "tracking": {
@@ -192,12 +203,45 @@ def run_config(config: dict, key: RunKey) -> dict[str, Any]:
     }
 
 
+def _paper_data(config: dict) -> dict:
+    return config.get("paper_data") or {}
+
+
 def refer_dir(config: dict, dataset: str) -> Path:
-    """Folder holding ``refs(<splitBy>).p`` and ``instances.json`` of a dataset."""
-    return Path(config["data_dir"]) / "refer" / dataset
+    """Folder holding ``refs(<splitBy>).p`` and ``instances.json`` of a dataset.
+
+    Synthetic: ``<data_dir>/refer/<dataset>``; REFER datasets: ``<refer_root>/<folder>`` when the user
+    brings a copy (``paper_data.refer_root``), else where the downloaded archive is extracted.
+    """
+    d = config["datasets"][dataset]
+    if d["source"] == "synthetic":
+        return Path(config["data_dir"]) / "refer" / dataset
+    root = _paper_data(config).get("refer_root")
+    return Path(root or Path(config["data_dir"]) / "refer") / d["folder"]
 
 
 def images_dir(config: dict, dataset: str) -> Path:
+    """Image folder of a dataset: synthetic images, a user's train2014/, or the extracted train2014.zip."""
     if config["datasets"][dataset]["source"] == "synthetic":
         return refer_dir(config, dataset) / "images"
-    return Path(config["data_dir"]) / "images" / "train2014"
+    return Path(_paper_data(config).get("coco_images") or Path(config["data_dir"]) / "images" / "train2014")
+
+
+def extracted_marker(config: dict, archive: str) -> str:
+    """File written once ``archive`` has been downloaded, verified and extracted."""
+    dest = "images" if archive == "train2014.zip" else "refer"
+    return f"{config['data_dir']}/{dest}/.{archive}.extracted"
+
+
+def prepare_inputs(config: dict, dataset: str) -> list[str]:
+    """What the prepare job of a dataset waits for: synthesized files, download markers, or user files."""
+    d = config["datasets"][dataset]
+    folder = refer_dir(config, dataset)
+    files = [str(folder / f"refs({d['split_by']}).p"), str(folder / "instances.json")]
+    if d["source"] == "synthetic" or _paper_data(config).get("refer_root"):
+        inputs = files
+    else:
+        inputs = [extracted_marker(config, d["archive"])]
+    if d["source"] == "refer" and not _paper_data(config).get("coco_images"):
+        inputs.append(extracted_marker(config, "train2014.zip"))
+    return inputs

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 
 @contextlib.contextmanager
@@ -67,6 +66,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch RNGs."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

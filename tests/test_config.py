@@ -34,9 +34,9 @@ def test_shipped_config_is_valid(config):
             lambda c: c["scales"]["demo"]["train"].update(bogus=1),
             "field scales.demo.train: Additional properties",
         ),
-        (lambda c: c["tables"]["summary"]["runs"][0].update(backbone="vgg"), "unknown backbone 'vgg'"),
+        (lambda c: c["tables"]["main"]["runs"][0].update(backbone="vgg"), "unknown backbone 'vgg'"),
         (
-            lambda c: c["tables"]["summary"].update(datasets=["nope"]),
+            lambda c: c["tables"]["main"].update(datasets={"nope": ["val"]}),
             "dataset 'nope' (-> 'nope') is not declared",
         ),
     ],
@@ -50,13 +50,26 @@ def test_invalid_configs_name_the_field(config, mutate, message):
     assert str(e.value).startswith("config.yaml: ")
 
 
-def test_runs_shared_by_tables_are_trained_once(config):
-    config["seeds"] = [0, 1]
-    config["tables"]["other"] = copy.deepcopy(config["tables"]["summary"])
-    config["tables"]["other"]["splits"] = ["val"]
+def test_demo_grid_runs_shared_by_tables_are_trained_once(config):
     runs = all_runs(config)
-    assert runs == [RunKey("synthetic", "lavt", "swin_b", 0, 0), RunKey("synthetic", "lavt", "swin_b", 0, 1)]
-    assert len(evaluations(config)) == 2 * 3
+    # main 4 + ResNet-101 2 + Darknet-53 1 + N in {0, 20, 50, 150, 200} (N = 100 is main's CoupAlign)
+    assert len(runs) == 12
+    assert {k.dataset for k in runs} == {"synthetic"}
+    assert RunKey("synthetic", "coupalign", "swin_b", 100, 0) in runs
+    # the main table's datasets all alias to one synthetic set: each split evaluated once per run
+    main = [(k, s) for k, s in evaluations(config) if k.method == "eavl"]
+    assert sorted(s for _, s in main) == ["test", "testA", "testB", "val"]
+
+
+def test_paper_grid_and_seeds(config):
+    config["scale"] = "paper"
+    config["seeds"] = [0, 1]
+    runs = all_runs(config)
+    assert len(runs) == 2 * (4 * 4 + 2 + 1 + 5)
+    assert {k.dataset for k in runs} == {"refcoco", "refcoco+", "refcocog_umd", "refcocog_google"}
+    pairs = evaluations(config)
+    assert (RunKey("refcocog_google", "jmceln", "swin_b", 0, 1), "val") in pairs
+    assert (RunKey("refcocog_umd", "lavt", "swin_b", 0, 0), "test") in pairs
 
 
 def test_run_config_resolves_preset_and_method(config):
@@ -69,7 +82,8 @@ def test_run_config_resolves_preset_and_method(config):
     assert rc["tracking"]["uri"].startswith("sqlite:////") and rc["tracking"]["uri"].endswith(
         "results/mlflow.db"
     )
-    assert rc["tracking"]["tags"]["tables"] == "summary"
+    assert rc["tracking"]["tags"]["tables"] == "main"
+    assert rc["model"]["options"]["dice_weight"] == 1.0  # the demo preset's model options reach every method
 
 
 def test_tracking_uri_env_override(config, monkeypatch):

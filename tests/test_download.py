@@ -19,7 +19,6 @@ import pytest
 
 from ris.data import download as dl
 from ris.data.download import (
-    KNOWN_FILES,
     DownloadError,
     RemoteFile,
     UnsafeArchiveError,
@@ -583,27 +582,25 @@ def test_fetch_and_extract_end_to_end(server: FileServer, tmp_path: Path) -> Non
 
 
 # --------------------------------------------------------------------------------------------------
-# Known files
+# The files of config.yaml
 # --------------------------------------------------------------------------------------------------
 
 
-def test_known_files() -> None:
-    assert set(KNOWN_FILES) == {"refcoco.zip", "refcoco+.zip", "refcocog.zip", "train2014.zip"}
-    for key, remote in KNOWN_FILES.items():
-        assert remote.name == key
+def test_config_downloads() -> None:
+    """config.yaml carries the known sizes and sha256 of every archive, original URL first."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    downloads = yaml.safe_load((REPO / "config.yaml").read_text())["downloads"]
+    remotes = {name: RemoteFile.from_config(name, entry) for name, entry in downloads.items()}
+    assert set(remotes) == {"refcoco.zip", "refcoco+.zip", "refcocog.zip", "train2014.zip"}
+    for key, remote in remotes.items():
         assert re.fullmatch(r"[0-9a-f]{64}", remote.sha256 or "")
-        assert remote.size and remote.size > 0
         assert all(url.endswith("/" + key) for url in remote.urls)
-    for name, stamp in [
-        ("refcoco", "20220413011718"),
-        ("refcoco+", "20220413011656"),
-        ("refcocog", "20220413012904"),
-    ]:
-        original = f"https://bvisionweb1.cs.unc.edu/licheng/referit/data/{name}.zip"
-        assert KNOWN_FILES[f"{name}.zip"].urls == (
-            original,
-            f"https://web.archive.org/web/{stamp}id_/{original}",
-        )
-    assert KNOWN_FILES["refcoco.zip"].size == 53993993
-    assert KNOWN_FILES["train2014.zip"].urls == ("http://images.cocodataset.org/zips/train2014.zip",)
-    assert KNOWN_FILES["train2014.zip"].size == 13510573713
+    assert remotes["refcoco.zip"].urls[0] == "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco.zip"
+    assert remotes["refcoco.zip"].urls[1].startswith("https://web.archive.org/web/20220413011718id_/")
+    assert remotes["refcoco.zip"].size == 53993993
+    assert remotes["train2014.zip"].size == 13510573713
+    with pytest.raises(ValueError, match="downloads.x.zip.urls"):
+        RemoteFile.from_config("x.zip", {"urls": []})

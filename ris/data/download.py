@@ -32,7 +32,6 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from tqdm import tqdm
 
 __all__ = [
-    "KNOWN_FILES",
     "DownloadError",
     "RemoteFile",
     "UnsafeArchiveError",
@@ -73,47 +72,15 @@ class RemoteFile:
     size: int | None
     sha256: str | None
 
-
-# --------------------------------------------------------------------------------------------------
-# Known files
-# --------------------------------------------------------------------------------------------------
-
-_UNC_BASE = "https://bvisionweb1.cs.unc.edu/licheng/referit/data"
-
-
-def _refer_file(name: str, wayback_stamp: str, size: int, sha256: str) -> RemoteFile:
-    """A REFER annotation zip: the original UNC server first, its Internet Archive copy second."""
-    original = f"{_UNC_BASE}/{name}"
-    archived = f"https://web.archive.org/web/{wayback_stamp}id_/{original}"
-    return RemoteFile(name=name, urls=(original, archived), size=size, sha256=sha256)
+    @classmethod
+    def from_config(cls, name: str, entry: dict) -> RemoteFile:
+        """A ``downloads:`` entry of config.yaml (``urls``, ``size``, ``sha256``)."""
+        urls = entry.get("urls") or []
+        if not urls:
+            raise ValueError(f"config.yaml: field downloads.{name}.urls: expected at least one URL")
+        return cls(name, tuple(urls), entry.get("size"), entry.get("sha256"))
 
 
-KNOWN_FILES: dict[str, RemoteFile] = {
-    "refcoco.zip": _refer_file(
-        "refcoco.zip",
-        "20220413011718",
-        53993993,
-        "7f924bb7ed8dc4568058e4ff626281918d56e5206f4c868c5a80f088f38c8bf0",
-    ),
-    "refcoco+.zip": _refer_file(
-        "refcoco+.zip",
-        "20220413011656",
-        45613210,
-        "5f1238112d63199e68da54a28f201471909b21ded7ed79a57d51b4c1443c6b45",
-    ),
-    "refcocog.zip": _refer_file(
-        "refcocog.zip",
-        "20220413012904",
-        56712951,
-        "3d1f7e5b2ff2205940bf59de55f861f5f2cc1403fb980669933a7f9af1aa8211",
-    ),
-    "train2014.zip": RemoteFile(
-        name="train2014.zip",
-        urls=("http://images.cocodataset.org/zips/train2014.zip",),
-        size=13510573713,
-        sha256="ede4087e640bddba550e090eae701092534b554b42b05ac33f0300b984b31775",
-    ),
-}
 
 
 # --------------------------------------------------------------------------------------------------

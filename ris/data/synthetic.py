@@ -69,7 +69,7 @@ BACKGROUND_NOISE = 6  # +- uniform noise of the background when textures are on
 
 SIZES: tuple[str, ...] = ("small", "large")
 #: Base radius range in pixels at 128 px; scaled linearly with the image size.
-RADIUS_RANGE: dict[str, tuple[float, float]] = {"small": (10.0, 14.0), "large": (20.0, 26.0)}
+RADIUS_RANGE: dict[str, tuple[float, float]] = {"small": (13.0, 17.0), "large": (24.0, 30.0)}
 REF_IMAGE_SIZE = 128
 
 SUPERLATIVES: tuple[str, ...] = ("leftmost", "rightmost", "topmost", "bottommost")

@@ -304,6 +304,9 @@ class DynamicMaskHead(nn.Module):
     into a weight vector over the ``pixel_dim`` channels (and a bias when ``bias``); the masks are
     ``einsum(kernel, pixels)``, i.e. the dot product of a mask embedding with every pixel embedding
     (MaskFormer/Mask2Former) or a per-query dynamic 1x1 convolution (EAVL). Returns (B, N, h, w).
+    The dot product is divided by ``sqrt(pixel_dim)`` (our choice, as in scaled dot-product attention):
+    with a default-initialised generator the initial logits then have the spread of a plain 1x1 conv
+    classifier instead of growing with the width; the bias output starts at zero for every query.
     """
 
     def __init__(
@@ -313,10 +316,15 @@ class DynamicMaskHead(nn.Module):
         self.pixel_dim = pixel_dim
         self.bias = bias
         self.kernel = MLP(q_dim, hidden or q_dim, pixel_dim + int(bias), layers)
+        if bias:
+            last = self.kernel.net[-1]
+            with torch.no_grad():
+                last.weight[pixel_dim:].zero_()
+                last.bias[pixel_dim:].zero_()
 
     def forward(self, queries: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         k = self.kernel(queries)
-        masks = torch.einsum("bnc,bchw->bnhw", k[..., : self.pixel_dim], pixels)
+        masks = torch.einsum("bnc,bchw->bnhw", k[..., : self.pixel_dim], pixels) / self.pixel_dim**0.5
         if self.bias:
             masks = masks + k[..., self.pixel_dim :, None]
         return masks

@@ -18,7 +18,7 @@ Our reading (options in brackets):
   stride-32 fused map by single-head attention (its own visual context), then, with that context,
   scores the words by single-head attention (one distribution over the words per query: its emphasis);
   query = attended word features + visual context, layer-normalised (in the manner of VLT's query
-  generation);
+  generation); the probes also serve as the queries' positions in the decoder;
 * transformer decoder: :class:`QueryDecoder` (cross-attention to the fused maps at strides 32/16/8 round
   robin, self-attention, FFN) [``query_layers`` 3, ``heads`` 8, ``ffn_dim`` 8 * hidden_dim,
   ``hidden_dim`` 256 at paper size, 64 tiny];
@@ -59,16 +59,19 @@ class MultiQueryGenerator(nn.Module):
 
     def __init__(self, num_queries: int, vis_dim: int, lang_dim: int, dim: int):
         super().__init__()
-        self.probes = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        self.probes = nn.Embedding(num_queries, dim)
         self.vis_pool = CrossAttention(dim, vis_dim, dim, heads=1)
         self.word_attn = CrossAttention(dim, lang_dim, dim, heads=1)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, vis: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        probes = self.probes.expand(vis.shape[0], -1, -1)
+    def forward(
+        self, vis: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries (B, N, dim) and the probes (B, N, dim), used as the queries' positions downstream."""
+        probes = self.probes.weight.expand(vis.shape[0], -1, -1)
         context = self.vis_pool(probes, flatten_hw(vis))
         emphasis = self.word_attn(probes + context, words, word_mask)
-        return self.norm(emphasis + context)
+        return self.norm(emphasis + context), probes
 
 
 @register_method("eavl")
@@ -107,8 +110,8 @@ class EAVL(RISModel):
         words, _ = self.text(input_ids, attention_mask)
         feats, _ = self.encode(images, words, attention_mask, self.fusions)
         pix = self.decoder(feats)
-        q = self.query_generator(feats[3], words, attention_mask)
-        q = self.query_decoder(q, feats[1:])
+        q, probes = self.query_generator(feats[3], words, attention_mask)
+        q = self.query_decoder(q, feats[1:], probes)
         masks = self.mask_generator(q, pix)
         scores = torch.softmax(self.query_estimator(q).squeeze(-1), dim=1)
         return {"logits": weighted_mask_sum(masks, scores), "masks": masks, "query_scores": scores}

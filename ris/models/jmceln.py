@@ -95,7 +95,7 @@ class JMCELN(RISModel):
         heads, drop = self.option("fusion_heads", 1), self.option("fusion_dropout", 0.0)
         self.fusions = nn.ModuleList(PWAMFusion(c, self.text.dim, heads, drop) for c in chans)
         self.decoder = TopDownDecoder(chans)
-        self.context = nn.Parameter(torch.randn(self.option("context_tokens", 4), dim) * 0.02)
+        self.context = nn.Parameter(torch.randn(self.option("context_tokens", 4), dim))
         self.word_proj = nn.Linear(self.text.dim, dim)
         self.sentence_proj = nn.Linear(self.text.dim, dim)
         self.stages = nn.ModuleList(

@@ -1,7 +1,16 @@
 # Helpers shared by the rules: the grid comes from ris.config, so it is unit-tested there.
 import json
 
-from ris.config import RunKey, images_dir, refer_dir, run_config, table_runs, tracking_uri
+from ris.config import (
+    RunKey,
+    images_dir,
+    prepare_inputs,
+    refer_dir,
+    run_config,
+    table_evaluations,
+    table_runs,
+    tracking_uri,
+)
 
 
 wildcard_constraints:
@@ -11,6 +20,7 @@ wildcard_constraints:
     num_masks=r"\d+",
     seed=r"\d+",
     split=r"[A-Za-z]+",
+    archive=r"[^/]+\.zip",
 
 
 ENV = "../../environment.yml"  # conda environment of every rule (with --use-conda)
@@ -30,19 +40,8 @@ def dataset_splits(dataset):
 
 
 def table_metric_files(wildcards):
-    t = config["tables"][wildcards.table]
-    return [
-        f"{RESULTS}/eval/{k.path}/{s}/metrics.json"
-        for k in table_runs(config, wildcards.table)
-        for s in t["splits"]
-    ]
+    return [f"{RESULTS}/eval/{k.path}/{s}/metrics.json" for k, s in table_evaluations(config, wildcards.table)]
 
 
 def table_histories(wildcards):
     return [f"{RESULTS}/runs/{k.path}/history.jsonl" for k in dict.fromkeys(table_runs(config, wildcards.table))]
-
-
-def refer_files(wildcards):
-    d = config["datasets"][wildcards.dataset]
-    folder = refer_dir(config, wildcards.dataset)
-    return [f"{folder}/refs({d['split_by']}).p", f"{folder}/instances.json"]

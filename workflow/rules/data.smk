@@ -16,9 +16,34 @@ rule synthesize:
         "python -m ris synthesize --out {params.out} --config {params.cfg:q} > {log} 2>&1"
 
 
+localrules:
+    download,
+
+
+rule download:
+    # Resumable, mirror-by-mirror, size- and sha256-verified download, then a safe extraction.
+    # Local: cluster compute nodes often have no internet access.
+    output:
+        f"{DATA}/{{dest}}/.{{archive}}.extracted",
+    params:
+        urls=lambda wildcards: " ".join(f"--url {u}" for u in config["downloads"][wildcards.archive]["urls"]),
+        size=lambda wildcards: config["downloads"][wildcards.archive].get("size") or 0,
+        sha=lambda wildcards: config["downloads"][wildcards.archive].get("sha256") or "",
+    wildcard_constraints:
+        dest=r"refer|images",
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/download/{{dest}}-{{archive}}.log",
+    shell:
+        "python -m ris download --name {wildcards.archive:q} {params.urls} --size {params.size}"
+        " --sha256 {params.sha:q} --download-dir {DATA}/downloads --extract-dir {DATA}/{wildcards.dest}"
+        " > {log} 2>&1"
+
+
 rule prepare:
     input:
-        refer_files,
+        lambda wildcards: prepare_inputs(config, wildcards.dataset),
     output:
         directory(f"{DATA}/prepared/{{dataset}}"),
     params:
