@@ -20,7 +20,9 @@ TOKENS = 8
 # would feed a fifth backbone stage that does not exist. The same holds in official LAVT, which is why its
 # train.py wraps the model in DistributedDataParallel(find_unused_parameters=True).
 LAST_GATE = r"^fusions\.3\.(l2v\.)?gate\."
-NO_GRAD_ALLOWED: dict[str, tuple[str, ...]] = {m: (LAST_GATE,) for m in ("lavt", "coupalign", "eavl", "jmceln")}
+NO_GRAD_ALLOWED: dict[str, tuple[str, ...]] = {
+    m: (LAST_GATE,) for m in ("lavt", "coupalign", "eavl", "jmceln")
+}
 
 # The default case of each method in the registry-wide grid (CoupAlign with its SMA path on).
 DEFAULT_MASKS = {"coupalign": 4}
@@ -37,7 +39,18 @@ EXTRA_CASES = [
 GRID = [(m, b, DEFAULT_MASKS.get(m, 0), {}) for m in sorted(METHODS) for b in sorted(BACKBONES)] + EXTRA_CASES
 
 
-def _model(method: str, backbone: str = "swin_b", num_masks: int = 0, options: dict | None = None) -> RISModel:
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a small, shared CPU, two spinning threads run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(
+    method: str, backbone: str = "swin_b", num_masks: int = 0, options: dict | None = None
+) -> RISModel:
     cfg = ModelConfig(
         method=method,
         backbone=backbone,

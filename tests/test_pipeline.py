@@ -76,8 +76,7 @@ def test_demo_dag_end_to_end(tmp_path):
     samples = pd.read_csv(results / "eval/synthetic/lavt-swin_b-n0-s0/val/samples.csv")
     assert len(samples) == metrics["counts"]["samples"]
     history = [
-        json.loads(x)
-        for x in (results / "runs/synthetic/lavt-swin_b-n0-s0/history.jsonl").read_text().splitlines()
+        json.loads(x) for x in (results / "runs/synthetic/lavt-swin_b-n0-s0/history.jsonl").read_text().splitlines()
     ]
     assert [h["epoch"] for h in history] == [1, 2]
 
@@ -93,9 +92,7 @@ def test_demo_dag_end_to_end(tmp_path):
     assert run.data.params["train.epochs"] == "2"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
     assert run.data.metrics["testB/oIoU"] == pytest.approx(
-        json.loads((results / "eval/synthetic/lavt-swin_b-n0-s0/testB/metrics.json").read_text())["metrics"][
-            "oIoU"
-        ]
+        json.loads((results / "eval/synthetic/lavt-swin_b-n0-s0/testB/metrics.json").read_text())["metrics"]["oIoU"]
     )
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "history.jsonl", "eval"} <= artifacts
@@ -116,11 +113,53 @@ def test_lint_is_clean(tmp_path):
 def test_invalid_config_gives_clear_error(tmp_path):
     work = make_workdir(tmp_path)
     cfg = yaml.safe_load((work / "config.yaml").read_text())
-    cfg["tables"]["summary"]["runs"][0]["method"] = "nosuchmethod"  # noqa: the small table's only run
+    cfg["tables"]["summary"]["runs"][0]["method"] = "nosuchmethod"
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     r = snakemake(work, "-n")
     assert r.returncode != 0
-    assert (
-        "config.yaml: field tables.summary.runs.0.method: unknown method 'nosuchmethod'"
-        in r.stdout + r.stderr
-    )
+    assert "config.yaml: field tables.summary.runs.0.method: 'nosuchmethod' is not one of" in r.stdout + r.stderr
+
+
+def test_paper_dry_run_lists_every_job_without_network(tmp_path):
+    """`snakemake -n --config scale=paper` plans downloads, prepares, trainings and evaluations of all tables."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copy(REPO / "Snakefile", work / "Snakefile")
+    shutil.copytree(REPO / "workflow", work / "workflow")
+    shutil.copy(REPO / "environment.yml", work / "environment.yml")
+    shutil.copy(REPO / "config.yaml", work / "config.yaml")
+    r = snakemake(work, "-n", "--config", "scale=paper")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    # 4 archives (3 annotation zips + train2014), 4 prepared datasets, 24 trainings, 44 evaluations
+    assert counts["download"] == 4 and counts["prepare"] == 4
+    assert counts["train"] == 24 and counts["evaluate"] == 44
+    assert counts["tables"] == 4
+    assert "data/refer/.refcocog.zip.extracted" in out and "data/images/.train2014.zip.extracted" in out
+    assert not (work / "data").exists()  # nothing fetched or created
+
+
+def test_bring_your_own_copy_skips_downloads(tmp_path):
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copy(REPO / "Snakefile", work / "Snakefile")
+    shutil.copytree(REPO / "workflow", work / "workflow")
+    shutil.copy(REPO / "environment.yml", work / "environment.yml")
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    refer_root, images = tmp_path / "mine" / "refer", tmp_path / "mine" / "train2014"
+    for folder in ("refcoco", "refcoco+", "refcocog"):
+        (refer_root / folder).mkdir(parents=True)
+        for f in ("refs(unc).p", "refs(google).p", "refs(umd).p", "instances.json"):
+            (refer_root / folder / f).write_text("")
+    images.mkdir(parents=True)
+    cfg["paper_data"] = {"refer_root": str(refer_root), "coco_images": str(images)}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = snakemake(work, "-n", "--config", "scale=paper")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rule download" not in r.stdout + r.stderr
+    assert str(refer_root / "refcoco+" / "refs(unc).p") in r.stdout + r.stderr
