@@ -15,8 +15,8 @@ VOCAB = 50
 TOKENS = 8
 
 # Parameters that may receive no gradient (None) by design, per method (regular expressions on parameter
-# names); every other trainable parameter must get a finite gradient (zero is fine: LAVT's zero-initialised
-# gates give zero gradients at init). The only entry: the language gate of the *last* stage, whose output
+# names); every other trainable parameter must get a finite gradient (an all-zero gradient counts, e.g. a
+# gate initialised at zero). The only entry: the language gate of the *last* stage, whose output
 # would feed a fifth backbone stage that does not exist. The same holds in official LAVT, which is why its
 # train.py wraps the model in DistributedDataParallel(find_unused_parameters=True).
 LAST_GATE = r"^fusions\.3\.(l2v\.)?gate\."

@@ -1,8 +1,11 @@
 """Evaluation: per-sample IoUs and the protocol's metrics, for validation during training and per split.
 
 ``evaluate_split`` writes ``metrics.json`` (oIoU, mIoU, P@0.5..0.9, sample and ref counts, protocol)
-and ``samples.csv`` (one IoU per (ref, sentence) sample), and logs the split's metrics into the run's
-MLflow run when the checkpoint knows it.
+and ``samples.csv`` (one row per (ref, sentence) sample: ids, sentence, intersection, union, IoU and the
+predicted mask as a compressed COCO RLE string at the evaluation resolution ``pred_size`` x ``pred_size``,
+so figures can show any sample's prediction without re-running the model: a 128 px mask is ~50 bytes,
+a 480 px one a few hundred), and logs the split's metrics into the run's MLflow run when the checkpoint
+knows it.
 """
 
 from __future__ import annotations
@@ -29,11 +32,27 @@ PROTOCOL = (
 )
 
 
+def encode_masks(masks: torch.Tensor) -> list[str]:
+    """Boolean masks (B, H, W) as compressed COCO RLE strings (decode with ``ris.data.refer.decode_rle``)."""
+    from pycocotools import mask as mask_utils
+
+    arr = np.asfortranarray(masks.cpu().numpy().astype(np.uint8).transpose(1, 2, 0))
+    return [r["counts"].decode("ascii") for r in mask_utils.encode(arr)]
+
+
 @torch.no_grad()
 def run_inference(
-    model, loader: DataLoader, device: torch.device, progress: bool = False, desc: str = "eval"
+    model,
+    loader: DataLoader,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "eval",
+    masks_out: list[str] | None = None,
 ):
-    """(per-sample intersection, union, dataset row index) over a loader."""
+    """(per-sample intersection, union, dataset row index) over a loader.
+
+    With ``masks_out`` (a list), the predicted masks are appended to it as RLE strings, in sample order.
+    """
     model.eval()
     acc = IoUAccumulator()
     rows = []
@@ -47,6 +66,8 @@ def run_inference(
             tuple(target.shape[-2:]),
         )
         acc.update(pred, target)
+        if masks_out is not None:
+            masks_out.extend(encode_masks(pred))
         rows.append(batch["row"].numpy())
     inter, union = acc.arrays()
     return inter, union, np.concatenate(rows) if rows else np.zeros(0, np.int64)
@@ -71,7 +92,10 @@ def evaluate_split(
     size = int(config["model"]["image_size"])
     ds = ReferSplit(table, images_dir, size, tokenizer, int(config["train"]["max_tokens"]), train=False)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    inter, union, rows = run_inference(model, loader, dev, progress=True, desc=f"evaluate {split}")
+    masks: list[str] = []
+    inter, union, rows = run_inference(
+        model, loader, dev, progress=True, desc=f"evaluate {split}", masks_out=masks
+    )
     metrics = summarize(inter, union)
     result = {
         "run": config["run"],
@@ -85,11 +109,14 @@ def evaluate_split(
         "metrics": metrics,
         "counts": {"samples": int(len(inter)), "refs": int(table["ref_id"].nunique())},
         "protocol": PROTOCOL.format(size=size),
+        "eval_size": size,
     }
     out_dir = Path(out_dir)
     samples = table.iloc[rows][["ref_id", "sent_id", "image_id", "file_name", "sentence"]].copy()
     samples["intersection"], samples["union"] = inter, union
     samples["iou"] = np.divide(inter, union, out=np.zeros(len(inter)), where=union > 0)
+    samples["pred_size"] = size
+    samples["pred_rle"] = masks
     with atomic_path(out_dir / "samples.csv") as tmp:
         samples.to_csv(tmp, index=False)
     write_json(out_dir / "metrics.json", result)

@@ -56,10 +56,11 @@ def _check_size(size: str) -> None:
 
 @register_backbone("swin_b")
 def swin_b(size: str, image_size: int, pretrained: bool = False) -> StagedBackbone:
-    """Swin-B, window 12 (LAVT's backbone); tiny: embed 32, depths (1, 1, 2, 1), window 4."""
+    """Swin-B, window 12, stochastic depth 0.3 (LAVT's ``segmentation.py``); tiny: embed 32, depths (1, 1, 2, 1),
+    window 4, no stochastic depth."""
     _check_size(size)
     if size == "full":
-        kw = {"window_size": 12}
+        kw = {"window_size": 12, "drop_path_rate": 0.3}
     else:
         kw = {"window_size": 4, "embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 8)}
     m = timm.create_model(

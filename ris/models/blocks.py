@@ -81,8 +81,11 @@ class PixelWordAttention(nn.Module):
 class LanguageGate(nn.Module):
     """LAVT's language gate: a per-pixel, per-channel weight in (-1, 1) for the multimodal residual.
 
-    Two 1x1 layers (ReLU, then tanh), both initialised to zero so training starts from the plain
-    backbone (LAVT paper, Sec. 3.3). Returns ``vis + gate(mm) * mm``.
+    Two bias-free 1x1 layers (ReLU, then tanh) on the multimodal map; returns ``vis + gate(mm) * mm``
+    (LAVT paper, Sec. 3.3). Initialisation: the official ``backbone.py`` zeroes both layers, but
+    ``MultiModalSwinTransformer.init_weights`` (always called by ``segmentation.py``) then re-initialises
+    every ``nn.Linear``, the gates included, with a truncated normal (std 0.02). We use that effective
+    initialisation: with both layers at zero the gate would receive no gradient and stay closed forever.
     """
 
     def __init__(self, dim: int):
@@ -90,8 +93,8 @@ class LanguageGate(nn.Module):
         self.gate = nn.Sequential(
             nn.Conv2d(dim, dim, 1, bias=False), nn.ReLU(), nn.Conv2d(dim, dim, 1, bias=False), nn.Tanh()
         )
-        nn.init.zeros_(self.gate[0].weight)
-        nn.init.zeros_(self.gate[2].weight)
+        nn.init.trunc_normal_(self.gate[0].weight, std=0.02)
+        nn.init.trunc_normal_(self.gate[2].weight, std=0.02)
 
     def forward(self, vis: torch.Tensor, mm: torch.Tensor) -> torch.Tensor:
         return vis + self.gate(mm) * mm

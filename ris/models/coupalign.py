@@ -1,6 +1,7 @@
 """CoupAlign: Coupling Word-Pixel with Sentence-Mask Alignments (Zhang et al., NeurIPS 2022).
 
-What follows the paper (abstract and Fig. 2; notation of Fig. 2):
+Only the abstract and the caption of Fig. 2 were at hand when this was written, so no section or
+equation numbers are cited. What follows the paper (abstract and Fig. 2; notation of Fig. 2):
 
 * Word-Pixel Alignment (WPA) at every encoder stage, an early and *bidirectional* fusion of words and
   pixels inside the vision and language encoders: here :class:`WordPixelAlignment`;
@@ -12,7 +13,7 @@ What follows the paper (abstract and Fig. 2; notation of Fig. 2):
 
 Our reading (choices the text we followed does not pin down; options in brackets):
 
-* WPA, language-to-vision: LAVT's PWAM + zero-initialised language gate (``PWAMFusion``, reused from
+* WPA, language-to-vision: LAVT's PWAM + language gate (``PWAMFusion``, reused from
   :mod:`ris.models.lavt`) [``fusion_heads`` 1, ``fusion_dropout`` 0.0]; vision-to-language: the words
   cross-attend to the stage's pixels (residual, post-norm :class:`AttentionLayer`) and the updated words
   go to the next stage's fusion [``wpa_heads`` 8]. BERT runs once up front; the word updates live in the
@@ -30,7 +31,8 @@ Our reading (choices the text we followed does not pin down; options in brackets
   query decoder, no mask head; the logits come from a 1x1 conv on the pixel decoder output, like LAVT;
 * auxiliary loss: pixel-level InfoNCE (:func:`pixel_sentence_contrast`) between the L2-normalised pixel
   embeddings Y and L_g, each foreground pixel a positive against all background pixels of its image
-  [``temperature`` 0.1, ``aux_weight`` 0.1]; total loss = LAVT's weighted BCE on M + aux_weight * aux.
+  [``temperature`` 0.1, ``aux_weight`` 0.1]; total loss = the shared mask loss on M
+  (:meth:`RISModel.mask_loss`) + aux_weight * aux.
   (With ``aux_weight`` 0 and N = 0 the last stage's word update feeds nothing.)
 """
 
@@ -53,7 +55,7 @@ from ris.models.blocks import (
     weighted_mask_sum,
 )
 from ris.models.lavt import PWAMFusion
-from ris.models.losses import pixel_sentence_contrast, weighted_bce
+from ris.models.losses import pixel_sentence_contrast
 from ris.models.registry import register_method
 
 
@@ -136,6 +138,6 @@ class CoupAlign(RISModel):
         return out
 
     def loss(self, outputs: dict[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        mask = weighted_bce(outputs["logits"], target)
+        mask = self.mask_loss(outputs["logits"], target)
         aux = pixel_sentence_contrast(outputs["pixel_embed"], outputs["sentence"], target, self.temperature)
         return {"loss": mask + self.aux_weight * aux, "mask": mask.detach(), "aux": aux.detach()}

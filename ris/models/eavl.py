@@ -1,6 +1,8 @@
 """EAVL: Explicitly Align Vision and Language for Referring Image Segmentation (Yan et al., arXiv 2308.09779).
 
-What follows the paper (abstract and method overview):
+Only the abstract was at hand when this was written, so no section or equation numbers are cited; the
+component names (Multi-Query Generator, transformer decoder, Multi-Mask Generator, Multi-Query
+Estimator) are the paper's. What follows the paper (abstract):
 
 * an LAVT-like encoder: image and text encoders with language fusion in the image encoder (here LAVT's
   stage-wise PWAM + gate, ``PWAMFusion`` reused from :mod:`ris.models.lavt`) and LAVT's top-down pixel
@@ -28,8 +30,8 @@ Our reading (options in brackets):
   score-weighted sum of the per-query mask logits (:func:`weighted_mask_sum`);
 * number of queries: ``cfg.num_masks`` when > 0, else option ``num_queries`` (default 8, our choice);
   setting both to different values is an error;
-* loss: LAVT's class-weighted BCE on the aggregated logits, plus ``dice_weight`` (default 0.0) times a
-  Dice loss.
+* loss: the shared mask loss (:meth:`RISModel.mask_loss`: LAVT's class-weighted BCE, plus Dice when the
+  ``dice_weight`` option is set) on the aggregated logits.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from ris.models.blocks import (
     weighted_mask_sum,
 )
 from ris.models.lavt import PWAMFusion
-from ris.models.losses import dice_loss, weighted_bce
 from ris.models.registry import register_method
 
 
@@ -88,7 +89,6 @@ class EAVL(RISModel):
         self.num_queries = int(cfg.num_masks if cfg.num_masks > 0 else (option_n or 8))
         if self.num_queries < 1:
             raise ValueError(f"EAVL needs at least one query, got {self.num_queries}")
-        self.dice_weight = float(self.option("dice_weight", 0.0))
         heads, drop = self.option("fusion_heads", 1), self.option("fusion_dropout", 0.0)
         self.fusions = nn.ModuleList(PWAMFusion(c, self.text.dim, heads, drop) for c in chans)
         self.decoder = TopDownDecoder(chans)
@@ -115,13 +115,3 @@ class EAVL(RISModel):
         masks = self.mask_generator(q, pix)
         scores = torch.softmax(self.query_estimator(q).squeeze(-1), dim=1)
         return {"logits": weighted_mask_sum(masks, scores), "masks": masks, "query_scores": scores}
-
-    def loss(self, outputs: dict[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        mask = weighted_bce(outputs["logits"], target)
-        parts = {"mask": mask.detach()}
-        loss = mask
-        if self.dice_weight:
-            dice = dice_loss(outputs["logits"], target)
-            loss = loss + self.dice_weight * dice
-            parts["dice"] = dice.detach()
-        return {"loss": loss, **parts}

@@ -18,8 +18,8 @@ followed because none is available to us.
   product with the projected sentence (masked mean of the words);
 * Progressive Alignment: the previous stage's probability filters the current stage's features,
   ``refine(pixels * (1 + p_prev))`` (3x3 conv-BN-ReLU per stage); gradients flow through ``p_prev``;
-* deep supervision: LAVT's weighted BCE on every stage's logits, combined with ``stage_weights``
-  [all 1.0] normalised by their sum; the final logits are the last stage's.
+* deep supervision: the shared mask loss (:meth:`RISModel.mask_loss`) on every stage's logits,
+  combined with ``stage_weights`` [all 1.0] normalised by their sum; the final logits are the last stage's.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from ris.models.blocks import (
     weighted_mask_sum,
 )
 from ris.models.lavt import PWAMFusion
-from ris.models.losses import weighted_bce
 from ris.models.registry import register_method
 
 
@@ -118,7 +117,7 @@ class JMCELN(RISModel):
         return {"logits": logits, "stage_logits": all_logits}
 
     def loss(self, outputs: dict[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = [weighted_bce(lg, target) for lg in outputs["stage_logits"]]
+        parts = [self.mask_loss(lg, target) for lg in outputs["stage_logits"]]
         total = sum(w * p for w, p in zip(self.stage_weights, parts, strict=True)) / sum(self.stage_weights)
         return {
             "loss": total,

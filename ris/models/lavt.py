@@ -4,7 +4,7 @@ Follows the official architecture:
 
 * after every backbone stage, a pixel-word attention module (PWAM, :class:`PixelWordAttention`)
   turns the stage output and the BERT word features into a multimodal map F_i (paper Sec. 3.2);
-* a language gate (:class:`LanguageGate`, zero-initialised) adds F_i back into the visual stream that
+* a language gate (:class:`LanguageGate`) adds F_i back into the visual stream that
   feeds the next stage (paper Sec. 3.3; the official code fuses *before* Swin's patch merging);
 * F_i, layer-normalised, goes to the top-down decoder (:class:`TopDownDecoder`, official
   ``mask_predictor.py``) whose 1/4-resolution output a 1x1 conv turns into two class scores;

@@ -1,0 +1,59 @@
+"""Preemption: SIGTERM / SIGUSR1 (what SLURM sends before a preemption or the time limit) stop training.
+
+The handler only raises a flag; the training loop checks it at optimizer-step boundaries (where the state
+is consistent), saves ``last.pt`` and raises :class:`Preempted`; ``ris train`` then exits with status
+:data:`PREEMPT_EXIT_CODE` (75, ``EX_TEMPFAIL``), which the SLURM profile treats as "requeue me".
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+PREEMPT_EXIT_CODE = 75
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):  # noqa: N818 (not an error: a requested stop)
+    """Training stopped on a signal after saving its checkpoint; the job should be requeued."""
+
+    def __init__(self, message: str, checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class StopRequest:
+    """Context manager that turns SIGTERM/SIGUSR1 into a flag (``requested``) instead of a sudden death.
+
+    Outside the main thread (where Python cannot install handlers) it stays inert: ``requested`` is False.
+    The previous handlers are restored on exit.
+    """
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
+        self.signals = signals
+        self.signum: int | None = None
+        self._previous: dict[signal.Signals, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)  # type: ignore[arg-type]
+        self._previous.clear()
