@@ -6,8 +6,10 @@
     ris mlflow-init  create the tracking store once, before the training fan-out
     ris train        train one run from its resolved JSON configuration
     ris evaluate     evaluate a checkpoint on one split -> metrics.json
-    ris tables       collect metrics.json files into tables (CSV, Markdown)
-    ris plot         figures from the collected metrics
+    ris tables       a paper table from metrics.json files and published numbers (CSV, Markdown, LaTeX, HTML)
+    ris plot         a table's figures (precision, num_masks, training, qualitative; PNG and PDF)
+    ris predict      segment what a sentence refers to in an image, with a trained checkpoint
+    ris runs         list the runs of the MLflow store (method, backbone, N, dataset, status, metrics)
 
 Errors a user can fix (bad config, missing file, corrupt data) print one clear line, exit status 2.
 """
@@ -88,16 +90,95 @@ def _evaluate(a: argparse.Namespace) -> None:
     print(json.dumps(result["metrics"], indent=2))
 
 
-def _tables(a: argparse.Namespace) -> None:
-    from ris.tables import write_summary_tables
+def _table_spec(a: argparse.Namespace) -> dict:
+    """The resolved table spec: ``--spec`` (JSON text or .json file) or ``--config`` + ``--table``."""
+    if a.spec:
+        return json.loads(Path(a.spec).read_text()) if a.spec.endswith(".json") else json.loads(a.spec)
+    return _table_spec_from_config(a)
 
-    write_summary_tables([Path(p) for p in a.metrics], Path(a.out_csv), Path(a.out_md), a.caption)
+
+def _load_config(a: argparse.Namespace) -> dict:
+    from ris.config import load_yaml, validate
+
+    path = Path(a.config)
+    config = load_yaml(path)
+    schema = Path(a.schema) if getattr(a, "schema", None) else path.parent / "workflow/schemas/config.schema.yaml"
+    if schema.exists():
+        validate(config, schema, source=str(path))
+    return config
+
+
+def _table_spec_from_config(a: argparse.Namespace) -> dict:
+    from ris.tables import table_spec
+
+    if not a.table:
+        raise ValueError("give --spec, or --config and --table")
+    config = _load_config(a)
+    if a.table not in config["tables"]:
+        raise ValueError(f"{a.config}: no table {a.table!r}; tables: {', '.join(config['tables'])}")
+    return table_spec(config, a.table)
+
+
+def _tables(a: argparse.Namespace) -> None:
+    from ris.tables import expected_metric_files, write_tables
+
+    spec = _table_spec(a)
+    metrics = a.metrics
+    if metrics is None:  # look up whatever the pipeline has written so far
+        metrics = expected_metric_files(_load_config(a), spec["name"])
+    outputs = {ext: Path(p) for ext in ("csv", "md", "tex", "html") if (p := getattr(a, f"out_{ext}"))}
+    if not outputs and not a.out_dir:
+        raise ValueError("give --out-dir or at least one of --out-csv/--out-md/--out-tex/--out-html")
+    df = write_tables(
+        spec, [Path(p) for p in metrics], Path(a.out_dir) if a.out_dir else None, outputs or None, a.published
+    )
+    missing = df[(df["numbers"] == "reproduced") & (df["status"] == "missing")]
+    if len(missing):
+        logging.warning("%s: %d reproduced number(s) missing (runs not evaluated yet)", spec["name"], len(missing))
 
 
 def _plot(a: argparse.Namespace) -> None:
-    from ris.plots import plot_summary
+    from ris import plots
 
-    plot_summary(Path(a.table), Path(a.out), [Path(p) for p in a.histories])
+    spec = _table_spec(a)
+    outs = [Path(p) for p in a.out]
+    if a.kind == "precision":
+        plots.plot_precision(spec, [Path(p) for p in a.metrics], outs, a.published)
+    elif a.kind == "num_masks":
+        plots.plot_num_masks(spec, [Path(p) for p in a.metrics], outs, a.published)
+    elif a.kind == "training":
+        plots.plot_training(spec, [Path(p) for p in a.histories], outs)
+    elif a.kind == "qualitative":
+        if not (a.split_table and a.images and a.out_failures):
+            raise ValueError("qualitative grids need --samples, --split-table, --images and --out-failures")
+        plots.plot_qualitative(
+            spec, [Path(p) for p in a.samples], Path(a.split_table), Path(a.images), outs,
+            [Path(p) for p in a.out_failures], k=a.k,
+        )  # fmt: skip
+
+
+def _predict(a: argparse.Namespace) -> None:
+    from ris.predict import predict, save_prediction
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out_mask = Path(a.out_mask) if a.out_mask else Path(a.image).with_suffix(".mask.png")
+    out_overlay = Path(a.out_overlay) if a.out_overlay else out_mask.with_name(out_mask.stem + ".overlay.png")
+    pred = predict(Path(a.checkpoint), Path(a.image), a.sentence, device=a.device)
+    print(json.dumps(save_prediction(pred, out_mask, out_overlay), indent=2))
+
+
+def _runs(a: argparse.Namespace) -> None:
+    from ris.runs import format_runs, list_runs
+
+    if a.uri:
+        uri = a.uri
+    else:
+        from ris.config import tracking_uri
+
+        uri = tracking_uri(_load_config(a))
+    df = list_runs(uri, experiment_prefix=a.experiment_prefix, metrics=tuple(a.metric))
+    sys.stdout.write(format_runs(df, a.format, wide=a.wide))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,18 +239,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-mlflow", action="store_true")
     s.set_defaults(fn=_evaluate)
 
-    s = sub.add_parser("tables", help="collect metrics.json files into a results table")
-    s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--out-csv", required=True)
-    s.add_argument("--out-md", required=True)
-    s.add_argument("--caption", default="")
+    def table_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--spec", default="", help="resolved table spec (JSON text or .json file), as the DAG passes")
+        s.add_argument("--config", default="config.yaml", help="config.yaml, used with --table when no --spec")
+        s.add_argument("--table", default="", help="table name under `tables:` in --config")
+        s.add_argument("--published", default=None, help="published results CSV (default: the packaged one)")
+
+    s = sub.add_parser("tables", help="a paper table: CSV (long), Markdown, LaTeX (booktabs), HTML")
+    table_args(s)
+    s.add_argument(
+        "--metrics", nargs="*", default=None,
+        help="metrics.json files (default: those of the table under results_dir; absent ones show as missing)",
+    )  # fmt: skip
+    s.add_argument("--out-dir", default="", help="write <table>.{csv,md,tex,html} here")
+    for ext in ("csv", "md", "tex", "html"):
+        s.add_argument(f"--out-{ext}", default="", help=f"write the {ext} table to this path")
     s.set_defaults(fn=_tables)
 
-    s = sub.add_parser("plot", help="figures from a results table and training histories")
-    s.add_argument("--table", required=True, help="long CSV written by `ris tables`")
-    s.add_argument("--histories", nargs="*", default=[])
-    s.add_argument("--out", required=True, help="PNG path")
+    s = sub.add_parser("plot", help="a figure of a table (PNG and/or PDF, by the --out suffixes)")
+    s.add_argument("kind", choices=["precision", "num_masks", "training", "qualitative"])
+    table_args(s)
+    s.add_argument("--metrics", nargs="*", default=[], help="metrics.json files (precision, num_masks)")
+    s.add_argument("--histories", nargs="*", default=[], help="history.jsonl per run x seed (training)")
+    s.add_argument("--samples", nargs="*", default=[], help="samples.csv per run, first split (qualitative)")
+    s.add_argument("--split-table", default="", help="prepared <split>.parquet (qualitative)")
+    s.add_argument("--images", default="", help="image folder (qualitative)")
+    s.add_argument("--k", type=int, default=4, help="samples per grid (qualitative)")
+    s.add_argument("--out", nargs="+", required=True, help="output files (.png, .pdf); successes for qualitative")
+    s.add_argument("--out-failures", nargs="*", default=[], help="output files of the failures grid")
     s.set_defaults(fn=_plot)
+
+    s = sub.add_parser("predict", help="mask of what a sentence refers to in an image (mask PNG + overlay PNG)")
+    s.add_argument("--checkpoint", required=True, help="a ris checkpoint, e.g. results/runs/<dataset>/<run>/model.pt")
+    s.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...)")
+    s.add_argument("--sentence", required=True, help="the referring expression")
+    s.add_argument("--out-mask", default="", help="mask PNG (default: <image>.mask.png)")
+    s.add_argument("--out-overlay", default="", help="overlay PNG (default: <mask stem>.overlay.png)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(fn=_predict)
+
+    s = sub.add_parser("runs", help="list the runs of the MLflow store")
+    s.add_argument("--config", default="config.yaml", help="config.yaml: its tracking URI (unless --uri)")
+    s.add_argument("--uri", default="", help="MLflow tracking URI (default: from --config / MLFLOW_TRACKING_URI)")
+    s.add_argument("--experiment-prefix", default="ris-", help="experiments whose name starts with this")
+    s.add_argument("--metric", nargs="+", default=["oIoU", "mIoU"], help="split metrics to show")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument("--wide", action="store_true", help="also experiment, tables and MLflow run id")
+    s.set_defaults(fn=_runs)
     return p
 
 

@@ -1,46 +1,314 @@
-"""Figures (seaborn): per-split metrics of every run, and training curves."""
+"""Figures (seaborn; each written as PNG and PDF) for one declared table.
+
+* :func:`plot_precision`: precision P@X vs IoU threshold X, one line per table row, reproduced (solid)
+  and published (dashed), one panel per dataset split;
+* :func:`plot_num_masks`: CoupAlign suppl. Table 3 as curves, each metric vs the number of masks N;
+* :func:`plot_training`: training loss and validation oIoU per epoch of every run of the table;
+* :func:`plot_qualitative`: a grid like the CoupAlign paper's figures (image, ground truth and each
+  run's prediction overlaid, the expression as title) for the samples the table's last run (the paper's
+  own method) gets best (successes) or worst (failures).
+
+All numbers come from the same place as the tables (metrics.json + published facts via
+:func:`ris.tables.build_table`); predictions from the ``pred_rle`` column of ``samples.csv``.
+"""
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402
 
+from ris.metrics import THRESHOLDS  # noqa: E402
+from ris.published import dataset_display, load_published  # noqa: E402
+from ris.tables import CITED, PUBLISHED, REPRODUCED, build_table, row_name  # noqa: E402
 from ris.utils import atomic_path, read_jsonl  # noqa: E402
 
+PRECISION_METRICS = [f"P@{t}" for t in THRESHOLDS]
+NUMBERS_STYLE = {REPRODUCED: "reproduced", PUBLISHED: "published", CITED: "published (cited)"}
+GT_COLOR = (0.17, 0.63, 0.17)  # green
+PRED_COLOR = (0.84, 0.15, 0.16)  # red
 
-def _save(fig: plt.Figure, out: Path) -> None:
-    with atomic_path(Path(out)) as tmp:
-        fig.savefig(tmp, format=Path(out).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+
+def save_figure(fig: plt.Figure, outs: Sequence[Path]) -> None:
+    """Write ``fig`` to every path in ``outs`` (format from the suffix: .png, .pdf, .svg), atomically."""
+    for out in outs:
+        out = Path(out)
+        fmt = out.suffix.lstrip(".").lower() or "png"
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_summary(table_csv: Path, out: Path, histories: list[Path] | None = None) -> None:
-    """Bars of oIoU per run and split; training loss and val oIoU curves beside them."""
-    df = pd.read_csv(table_csv)
-    df = df[df["metric"] == "oIoU"].copy()
-    df["run"] = df["method"] + "/" + df["backbone"] + "/N=" + df["num_masks"].astype(str)
-    sns.set_theme(style="whitegrid")
-    ncols = 3 if histories else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
-    ax = axes[0, 0]
-    sns.barplot(
-        data=df, x="split", y="mean", hue="run", errorbar=None, ax=ax, palette="deep", dodge=True, alpha=0.9
-    )
-    ax.set(ylabel="oIoU (%)", title="Reproduced oIoU per split")
-    if histories:
-        curves = []
-        for h in histories:
-            for rec in read_jsonl(h):
-                curves.append({"run": Path(h).parent.name, **rec})
-        c = pd.DataFrame(curves)
-        sns.lineplot(data=c, x="epoch", y="train_loss", hue="run", marker="o", ax=axes[0, 1])
-        axes[0, 1].set(title="Training loss")
-        sns.lineplot(data=c, x="epoch", y="val_oIoU", hue="run", marker="o", ax=axes[0, 2])
-        axes[0, 2].set(title="Validation oIoU (%)")
-    _save(fig, out)
+def _load_reproduced(metric_files: Sequence[Path]) -> pd.DataFrame | None:
+    from ris.engine.evaluate import load_metrics
+
+    existing = [Path(p) for p in metric_files if Path(p).exists()]
+    return load_metrics(existing) if existing else None
+
+
+def _points(spec: dict[str, Any], metric_files: Sequence[Path], metrics: list[str], published) -> pd.DataFrame:
+    """Long table rows (reproduced, published, cited) for ``metrics``, with a legend name per table row."""
+    sub = {**spec, "metrics": metrics}
+    df = build_table(sub, _load_reproduced(metric_files), load_published(published))
+    df = df[df["numbers"].isin(list(NUMBERS_STYLE)) & df["value"].notna()].copy()
+    rows = spec["cited"] + spec["runs"]
+    df["row"] = [row_name(spec, rows[i]) for i in df["row"]]
+    df["numbers"] = df["numbers"].map(NUMBERS_STYLE)
+    df["column"] = [f"{dataset_display(d)} {s}" for d, s in zip(df["dataset"], df["split"])]
+    return df
+
+
+def _blank(ax: plt.Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _title(spec: dict[str, Any], what: str) -> str:
+    note = " (demo scale: synthetic data)" if spec.get("note") else ""
+    return f"{spec['name']}: {what}{note}"
+
+
+def plot_precision(
+    spec: dict[str, Any], metric_files: Sequence[Path], outs: Sequence[Path], published: Path | None = None
+) -> pd.DataFrame:
+    """P@X vs X per table row; reproduced solid, published dashed; one panel per dataset split."""
+    df = _points(spec, metric_files, PRECISION_METRICS, published)
+    df["threshold"] = df["metric"].str[2:].astype(float)
+    columns = list(dict.fromkeys(f"{dataset_display(d)} {s}" for d, ss in spec["datasets"].items() for s in ss))
+    sns.set_theme(style="whitegrid", context="paper")
+    ncols = min(3, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharey=True)
+    names = [n for n in dict.fromkeys(row_name(spec, r) for r in spec["cited"] + spec["runs"]) if n in set(df["row"])]
+    palette = dict(zip(names, sns.color_palette("tab10", len(names))))
+    dashes = {"reproduced": "", "published": (4, 2), "published (cited)": (1, 1)}
+    for ax, col in zip(axes.flat, columns):
+        d = df[df["column"] == col]
+        if d.empty:
+            _blank(ax, "no numbers")
+        else:
+            sns.lineplot(
+                data=d, x="threshold", y="value", hue="row", style="numbers", dashes=dashes, markers=True,
+                palette=palette, hue_order=[n for n in names if n in set(d["row"])], errorbar=None, ax=ax,
+            )  # fmt: skip
+            ax.legend_.remove() if ax.legend_ else None
+        ax.set(title=col, xlabel="IoU threshold X", ylabel="P@X (%)", xticks=list(THRESHOLDS), ylim=(0, 100))
+    for ax in list(axes.flat)[len(columns) :]:
+        ax.set_visible(False)
+    handles, labels = [], []
+    for ax in axes.flat:
+        h, lab = ax.get_legend_handles_labels()
+        for hh, ll in zip(h, lab):
+            if ll not in labels:
+                handles.append(hh)
+                labels.append(ll)
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(_title(spec, "precision vs IoU threshold"))
+    fig.tight_layout()
+    save_figure(fig, outs)
+    return df
+
+
+def plot_num_masks(
+    spec: dict[str, Any], metric_files: Sequence[Path], outs: Sequence[Path], published: Path | None = None
+) -> pd.DataFrame:
+    """Each metric of the table vs the number of masks N (reproduced with seed std bars, and published)."""
+    df = _points(spec, metric_files, list(spec["metrics"]), published)
+    runs = spec["cited"] + spec["runs"]
+    df["N"] = [runs[i]["num_masks"] for i in df["row"]]
+    metrics = list(spec["metrics"])
+    sns.set_theme(style="whitegrid", context="paper")
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 3.2 * nrows), squeeze=False)
+    colors = {"reproduced": sns.color_palette("deep")[0], "published": sns.color_palette("deep")[3]}
+    first_col = df["column"].iloc[0] if len(df) else None
+    for ax, metric in zip(axes.flat, metrics):
+        d = df[(df["metric"] == metric) & (df["column"] == first_col)]
+        if d.empty:
+            _blank(ax, f"no {metric} numbers")
+        for kind, g in d.groupby("numbers", sort=False):
+            g = g.sort_values("N")
+            style = "-" if kind == "reproduced" else "--"
+            std = g["std"].fillna(0).to_numpy(dtype=float) if kind == "reproduced" else None
+            ax.errorbar(
+                g["N"], g["value"], yerr=std if std is not None and std.any() else None, fmt="o" + style,
+                color=colors.get(kind, "0.3"), label=kind, capsize=3,
+            )  # fmt: skip
+        ax.set(title=metric, xlabel="number of masks N", ylabel=f"{metric} (%)")
+        ax.set_xticks(sorted({r["num_masks"] for r in spec["runs"]}))
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.set_visible(False)
+    if axes.flat[0].get_legend_handles_labels()[0]:
+        axes.flat[0].legend(fontsize=8)
+    fig.suptitle(_title(spec, f"metrics vs number of masks N ({first_col})"))
+    fig.tight_layout()
+    save_figure(fig, outs)
+    return df
+
+
+def plot_training(
+    spec: dict[str, Any], histories: Sequence[Path], outs: Sequence[Path], runs: Sequence[dict] | None = None
+) -> pd.DataFrame:
+    """Training loss and validation oIoU per epoch, one line per run of the table (mean over seeds).
+
+    ``histories``: ``history.jsonl`` files, in the order of ``runs`` (default: the table's runs x seeds).
+    """
+    runs = list(runs) if runs is not None else [r for r in spec["runs"] for _ in spec["seeds"]]
+    if len(runs) != len(histories):
+        raise ValueError(f"{len(histories)} history files for {len(runs)} runs")
+    records = []
+    for run, path in zip(runs, histories):
+        for rec in read_jsonl(Path(path)):
+            records.append({"run": row_name(spec, run), "path": str(path), **rec})
+    df = pd.DataFrame(records)
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    if df.empty:
+        for ax in axes:
+            _blank(ax, "no training history")
+    else:
+        order = list(dict.fromkeys(df["run"]))
+        for ax, (col, label) in zip(axes, [("train_loss", "training loss"), ("val_oIoU", "validation oIoU (%)")]):
+            if col not in df:
+                _blank(ax, f"no {col}")
+                continue
+            sns.lineplot(data=df, x="epoch", y=col, hue="run", hue_order=order, marker="o", ax=ax)
+            ax.set(title=label, xlabel="epoch", ylabel=label)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            if ax.legend_:
+                ax.legend_.set_title(None)
+        if axes[0].legend_ and axes[1].legend_:
+            axes[0].legend_.remove()
+    fig.suptitle(_title(spec, "training curves"))
+    fig.tight_layout()
+    save_figure(fig, outs)
+    return df
+
+
+# --------------------------------------------------------------------------------------------------
+# Qualitative grids
+
+
+def _decode(rle: str, height: int, width: int) -> np.ndarray:
+    from ris.data.refer import decode_rle
+
+    return decode_rle(rle, height, width).astype(bool)
+
+
+def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    if mask.shape == (height, width):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 0
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float], alpha: float = 0.5) -> np.ndarray:
+    """RGB float image with ``mask`` tinted in ``color`` and its boundary drawn solid."""
+    out = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    c = np.asarray(color, dtype=np.float32)
+    out = out.copy()
+    out[mask] = (1 - alpha) * out[mask] + alpha * c
+    edge = mask & ~(
+        np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+    )  # fmt: skip
+    out[edge] = c
+    return np.clip(out, 0, 1)
+
+
+def select_samples(samples: pd.DataFrame, k: int, worst: bool) -> pd.DataFrame:
+    """``k`` samples of distinct refs with the highest (or lowest) IoU; ties broken by ids, deterministic."""
+    order = samples.sort_values(["iou", "ref_id", "sent_id"], ascending=[worst, True, True], kind="mergesort")
+    return order.drop_duplicates("ref_id").head(k)
+
+
+def plot_qualitative(
+    spec: dict[str, Any],
+    samples_files: Sequence[Path],
+    split_table: Path,
+    images_dir: Path,
+    outs_successes: Sequence[Path],
+    outs_failures: Sequence[Path],
+    k: int = 4,
+) -> dict[str, pd.DataFrame]:
+    """Grids of image | ground truth | each run's prediction, for the best and worst samples.
+
+    ``samples_files``: one ``samples.csv`` per run of the table (same order as ``spec['runs']``), all on
+    the table's first dataset split. Samples are ranked by the IoU of the table's last run.
+    """
+    from ris.data.prepare import read_split
+
+    if len(samples_files) != len(spec["runs"]):
+        raise ValueError(f"{len(samples_files)} samples.csv files for {len(spec['runs'])} runs")
+    runs = [
+        (row_name(spec, r), pd.read_csv(p) if Path(p).exists() else None) for r, p in zip(spec["runs"], samples_files)
+    ]
+    focus_name, focus = runs[-1]
+    if focus is None or focus.empty:
+        raise FileNotFoundError(f"{samples_files[-1]}: samples of the ranking run not found or empty")
+    truth = read_split(Path(split_table)).set_index(["ref_id", "sent_id"])
+    d0 = next(iter(spec["datasets"]))
+    where = f"{dataset_display(d0)} {spec['datasets'][d0][0]}"
+    chosen = {}
+    for kind, worst, outs in (("successes", False, outs_successes), ("failures", True, outs_failures)):
+        picked = select_samples(focus, k, worst)
+        chosen[kind] = picked
+        ncols = 2 + len(runs)
+        fig, axes = plt.subplots(len(picked) or 1, ncols, figsize=(2.3 * ncols, 2.6 * max(1, len(picked))))
+        axes = np.atleast_2d(axes)
+        if picked.empty:
+            for ax in axes.flat:
+                _blank(ax, "no samples")
+        for i, s in enumerate(picked.itertuples()):
+            gt_row = truth.loc[(s.ref_id, s.sent_id)]
+            with Image.open(Path(images_dir) / s.file_name) as im:
+                image = np.asarray(im.convert("RGB"))
+            h, w = image.shape[:2]
+            gt = _resize_mask(_decode(gt_row["rle"], int(gt_row["height"]), int(gt_row["width"])), h, w)
+            expression = "\n".join(textwrap.wrap(f'"{s.sentence}"', 28))
+            panels = [(image / 255.0, expression), (overlay(image, gt, GT_COLOR), "ground truth")]
+            for name, df in runs:
+                hit = None if df is None else df[(df["ref_id"] == s.ref_id) & (df["sent_id"] == s.sent_id)]
+                if hit is None or hit.empty or "pred_rle" not in hit or pd.isna(hit["pred_rle"].iloc[0]):
+                    panels.append((None, f"{name}\n(no prediction stored)"))
+                    continue
+                size = int(hit["pred_size"].iloc[0])
+                pred = _resize_mask(_decode(hit["pred_rle"].iloc[0], size, size), h, w)
+                panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * hit['iou'].iloc[0]:.1f}"))
+            for ax, (img, title) in zip(axes[i], panels):
+                if img is None:
+                    _blank(ax, "missing")
+                else:
+                    ax.imshow(img)
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                ax.set_title(title, fontsize=8)
+        what = "best" if not worst else "worst"
+        fig.suptitle(
+            f"{spec['name']}: {kind} ({what} IoU of {focus_name}, {where}); green: ground truth, red: prediction"
+            + (" (demo scale: synthetic data)" if spec.get("note") else ""),
+            fontsize=9,
+        )
+        fig.tight_layout()
+        save_figure(fig, outs)
+    return chosen
+
+
+def table_figures(spec: dict[str, Any]) -> list[str]:
+    """Figure names of a table: precision, training and qualitative grids for every table, and ``num_masks``
+    when its runs span at least three values of N (CoupAlign suppl. Table 3)."""
+    names = ["precision", "training", "qualitative_successes", "qualitative_failures"]
+    if len({r["num_masks"] for r in spec["runs"]}) >= 3:
+        names.insert(1, "num_masks")
+    return names

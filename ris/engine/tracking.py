@@ -1,15 +1,20 @@
 """MLflow tracking: one run per trained model, resumed by id, robust to concurrent SQLite writers.
 
 We use ``MlflowClient`` with explicit run ids (no global "active run"), so training and the evaluation
-jobs of one model all log into the same MLflow run. Writes retry when SQLite reports a lock, and the
-store itself is created once before the training fan-out (``ris mlflow-init``), because several
-processes creating a new SQLite store at once race in its schema migration.
+jobs of one model all log into the same MLflow run. Writes retry when SQLite reports a lock (or an
+``http://`` tracking server is briefly unreachable), and the store itself is created once before the
+training fan-out (``ris mlflow-init``), because several processes creating a new SQLite store at once
+race in its schema migration. The same code logs to ``MLFLOW_TRACKING_URI=http://...`` (a real server).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import random
+import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +24,28 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 500
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+
+TRANSIENT = (
+    "database is locked",
+    "database table is locked",
+    "busy",
+    "timed out",
+    "timeout",
+    "connection refused",
+    "connection reset",
+    "connection aborted",
+    "max retries exceeded",
+    "temporarily unavailable",
+    "503",
+    "502",
+    "429",
+)
 
 
 def _is_transient(err: Exception) -> bool:
     text = str(err).lower()
-    return any(s in text for s in ("database is locked", "database table is locked", "busy", "timed out"))
+    return any(s in text for s in TRANSIENT)
 
 
 def retry(fn: Callable[[], T], attempts: int = 12, base_delay: float = 0.05) -> T:
@@ -59,6 +81,49 @@ def init_store(uri: str) -> None:
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
+def git_commit(folder: Path | None = None) -> tuple[str, bool]:
+    """(commit, dirty) of the git checkout holding ``folder`` (this package by default); ("unknown", False)."""
+    folder = Path(folder or Path(__file__).resolve().parent)
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+    return commit, dirty
+
+
+def runtime_tags(device: Any = None, world_size: int = 1, precision: str | None = None) -> dict[str, str]:
+    """Tags that make runs comparable: code version, torch/CUDA versions, device, processes, precision."""
+    import torch
+
+    commit, dirty = git_commit()
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    tags = {
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": commit,
+        "torch_version": torch.__version__,
+        "cuda_version": str(torch.version.cuda or "none"),
+        "device": dev.type,
+        "device_name": name,
+        "world_size": str(world_size),
+        "host": socket.gethostname(),
+    }
+    if precision:
+        tags["precision"] = precision
+    return tags
+
+
 class Tracker:
     """Logs one run into an MLflow store; ``run_id`` is kept in checkpoints to resume the same run."""
 
@@ -78,9 +143,12 @@ class Tracker:
             exp_id = retry(lambda: self._experiment_id(experiment))
             run = retry(lambda: self.client.create_run(exp_id, tags=tags or {}, run_name=run_name))
             run_id = run.info.run_id
+            self.run_id: str = run_id
         else:
+            self.run_id = run_id
             retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-        self.run_id = run_id
+            if tags:  # a resumed attempt may run elsewhere: refresh device, host, versions
+                self.set_tags(tags)
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -107,15 +175,27 @@ class Tracker:
             retry(lambda chunk=new[i : i + 100]: self.client.log_batch(self.run_id, params=chunk))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.log_records([(k, float(v), step or 0) for k, v in metrics.items()])
+
+    def log_records(self, records: list[tuple[str, float, int]]) -> None:
+        """Log (key, value, step) triples in as few batched writes as MLflow allows."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k.replace("@", "_at_"), float(v), ts, step or 0) for k, v in metrics.items()]
-        retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        batch = [Metric(k.replace("@", "_at_"), float(v), ts, int(step)) for k, v, step in records]
+        for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
+            retry(lambda chunk=batch[i : i + MAX_METRICS_PER_BATCH]: self.client.log_batch(self.run_id, metrics=chunk))
+
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which ``key`` was already logged (to log what a killed attempt missed, and only that)."""
+        key = key.replace("@", "_at_")
+        return {m.step for m in retry(lambda: self.client.get_metric_history(self.run_id, key))}
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            retry(lambda k=k, v=v: self.client.set_tag(self.run_id, k, v))
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        retry(lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))

@@ -72,10 +72,12 @@ def swin_b(size: str, image_size: int, pretrained: bool = False) -> StagedBackbo
 
 @register_backbone("resnet101")
 def resnet101(size: str, image_size: int, pretrained: bool = False) -> StagedBackbone:
-    """ResNet-101 (CoupAlign supplementary Table 1); tiny: ResNet-10-T (one block per stage)."""
+    """ResNet-101 (CoupAlign supplementary Table 1); tiny: ResNet-10-T (one block per stage) at half width."""
     _check_size(size)
-    name = "resnet101" if size == "full" else "resnet10t"
-    m = timm.create_model(name, pretrained=pretrained and size == "full")
+    if size == "full":
+        m = timm.create_model("resnet101", pretrained=pretrained)
+    else:
+        m = timm.create_model("resnet10t", channels=(32, 64, 128, 256), stem_width=16)
     stem = nn.Sequential(m.conv1, m.bn1, m.act1, m.maxpool)
     stages = [m.layer1, m.layer2, m.layer3, m.layer4]
     channels = [int(m.feature_info[i]["num_chs"]) for i in range(1, 5)]

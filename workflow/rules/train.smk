@@ -29,7 +29,7 @@ rule train:
     params:
         cfg=lambda wildcards: json.dumps(run_config(config, run_key(wildcards)), sort_keys=True),
         out=RUN_DIR,
-    threads: workflow.cores
+    threads: min(workflow.cores, config["scales"][config["scale"]].get("threads", workflow.cores))
     resources:
         gpu=0,
     conda:
