@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from ris.models.blocks import masked_mean
 from ris.models.registry import register_text_encoder
 
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
@@ -27,9 +28,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         words = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(words.dtype)
-        sentence = (words * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return words, sentence
+        return words, masked_mean(words, attention_mask)
 
 
 @register_text_encoder("bert-base-uncased")
