@@ -8,6 +8,7 @@ and talks to MLflow; every rank takes part in the collectives below, in the same
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -66,7 +67,12 @@ def select_device(preference: str | None, local_rank: int = 0) -> torch.device:
     if pref == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("train.device is cuda but no CUDA device is available; use device: auto or cpu")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"process with local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible; "
+                f"start at most one process per GPU (the train rule's gpu resource)"
+            )
+        return torch.device("cuda", local_rank)
     return torch.device(pref)
 
 
@@ -122,14 +128,22 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def launch(worker_args: list[str], nproc: int, marker: Path, grace_s: float = 120.0) -> int:
+def no_buffer_broadcast() -> dict[str, bool]:
+    """DDP keyword that stops it from copying rank 0's buffers at every forward (renamed in torch 2.14)."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+def launch(worker_args: list[str], nproc: int, marker: Path, grace_s: float = 60.0) -> int:
     """Run ``python -m ris <worker_args>`` in ``nproc`` processes under torchrun; return the exit status.
 
-    torchrun reports any failed worker as status 1 and does not handle SIGUSR1, so this process stands in
-    front of it: it forwards the first SIGTERM/SIGUSR1 to torchrun (which passes it to the workers) and
-    returns :data:`PREEMPT_EXIT_CODE` when rank 0 wrote ``marker`` (its checkpoint is saved), waiting up
-    to ``grace_s`` for it after a signal, since workers live in their own sessions and may outlive
-    torchrun when the cluster signals every process at once.
+    torchrun reports any failed worker as status 1 and dies on SIGUSR1, so this process stands in front
+    of it: the first SIGTERM/SIGUSR1 it gets is passed to torchrun as SIGTERM (which torchrun passes to
+    the workers: they save and exit 75). It is a child subreaper, so workers whose torchrun died first
+    (a cluster signalling every process at once) are still waited for, up to ``grace_s``. It returns
+    :data:`PREEMPT_EXIT_CODE` when a signal arrived or rank 0 wrote ``marker`` after saving.
     """
     marker = Path(marker)
     marker.unlink(missing_ok=True)
@@ -137,27 +151,113 @@ def launch(worker_args: list[str], nproc: int, marker: Path, grace_s: float = 12
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "ris", *worker_args,
     ]  # fmt: skip
-    env = dict(os.environ)
-    env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-    env.setdefault("OMP_NUM_THREADS", "1")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    subreaper = _become_subreaper()
     proc = subprocess.Popen(cmd, env=env)
     received: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        if not received:  # once: a second signal would make torchrun abandon its workers' shutdown
-            proc.send_signal(signum)
+        if not received:  # once: a second SIGTERM makes torchrun abandon its workers' shutdown
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGTERM)
         received.append(signum)
 
     previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
     try:
         rc = proc.wait()
+        if subreaper:  # orphaned workers are now our children: wait for them
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline:
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    time.sleep(0.1)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    if received and not marker.exists():
-        deadline = time.monotonic() + grace_s
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-    if marker.exists():
+    if marker.exists() or (received and rc != 0):
+        log.warning("training stopped by a signal (%s): exit status %d", marker, PREEMPT_EXIT_CODE)
         return PREEMPT_EXIT_CODE
+    if rc:
+        log.error("torchrun exited with status %d (the workers' errors are above)", rc)
     return rc
+
+
+def _become_subreaper() -> bool:
+    """Linux: adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so they can be waited for."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class BatchNormStatsMerger:
+    """Under DDP, running BatchNorm statistics equal to one process accumulating all micro-batches in order.
+
+    DDP's default (``broadcast_buffers``) keeps rank 0's statistics, updated by rank 0's micro-batches only,
+    so a 2-GPU model would evaluate differently from the same run on 1 GPU with accumulation. With
+    momentum ``m`` a process running ``A`` micro-batches turns ``r`` into ``(1 - m)^A r + d_rank``; one
+    process running all ``W * A`` micro-batches of the step, rank by rank, would end with
+    ``(1 - m)^(W A) r + sum_k (1 - m)^((W - 1 - k) A) d_k``. :meth:`merge` computes that with one
+    all-reduce per optimizer step. SyncBatchNorm layers (identical statistics on every rank) are skipped;
+    layers with ``momentum=None`` (cumulative average) get the mean over ranks.
+    """
+
+    def __init__(self, module: nn.Module, ctx: DistContext, accumulation: int):
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        self.ctx, self.accumulation = ctx, accumulation
+        self.layers = [
+            m
+            for m in module.modules()
+            if isinstance(m, _BatchNorm) and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats
+        ]
+        self._before: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def active(self) -> bool:
+        return self.ctx.enabled and bool(self.layers)
+
+    def begin(self) -> None:
+        """Remember the statistics before the step's first forward."""
+        if self.active:
+            self._before = [
+                (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in self.layers
+            ]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """After the step's last forward: every rank gets the sequential single-process statistics."""
+        if not self.active or not self._before:
+            return
+        w, a, k = self.ctx.world_size, self.accumulation, self.ctx.rank
+        parts = []
+        for m, (mean0, var0, _) in zip(self.layers, self._before):
+            if m.momentum is None:
+                parts += [m.running_mean / w, m.running_var / w]
+                continue
+            decay = (1.0 - m.momentum) ** a
+            weight = (1.0 - m.momentum) ** ((w - 1 - k) * a)
+            parts += [(m.running_mean - decay * mean0) * weight, (m.running_var - decay * var0) * weight]
+        flat = torch.cat([p.reshape(-1).double() for p in parts])
+        dist.all_reduce(flat)
+        offset = 0
+        for m, (mean0, var0, count0) in zip(self.layers, self._before):
+            n = m.running_mean.numel()
+            d_mean, d_var = flat[offset : offset + n], flat[offset + n : offset + 2 * n]
+            offset += 2 * n
+            if m.momentum is None:
+                mean, var = d_mean, d_var
+            else:
+                total = (1.0 - m.momentum) ** (w * a)
+                mean, var = total * mean0.double() + d_mean, total * var0.double() + d_var
+            m.running_mean.copy_(mean.view_as(m.running_mean))
+            m.running_var.copy_(var.view_as(m.running_var))
+            m.num_batches_tracked.copy_(count0 + w * a)
+        self._before = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -18,12 +19,33 @@ PREEMPT_EXIT_CODE = 75
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
 
 
+def marker_path(out_dir: Path) -> Path:
+    """File rank 0 writes after saving on a signal: how a launcher in front of torchrun knows to exit 75."""
+    return Path(out_dir) / "work" / "preempted.json"
+
+
 class Preempted(Exception):  # noqa: N818 (not an error: a requested stop)
     """Training stopped on a signal after saving its checkpoint; the job should be requeued."""
 
     def __init__(self, message: str, checkpoint: str | None = None):
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a cluster signals every process; the main process stops the workers."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+_EARLY: list[int] = []  # signals caught by install_early_handlers before training started
+
+
+def install_early_handlers() -> None:
+    """Catch SIGTERM/SIGUSR1 from process start (imports, data loading) on; :class:`StopRequest` takes them over."""
+    if threading.current_thread() is threading.main_thread():
+        for s in STOP_SIGNALS:
+            signal.signal(s, lambda signum, frame: _EARLY.append(signum))
 
 
 class StopRequest:
@@ -51,6 +73,9 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._previous[s] = signal.signal(s, self._handler)
+        if _EARLY:
+            self._handler(_EARLY[0], None)
+            _EARLY.clear()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -48,14 +48,22 @@ def _is_transient(err: Exception) -> bool:
     return any(s in text for s in TRANSIENT)
 
 
+RETRIES = {"count": 0}  # transient failures retried in this process (for logs and tests)
+
+
 def retry(fn: Callable[[], T], attempts: int = 12, base_delay: float = 0.05) -> T:
-    """Call ``fn``, retrying with jittered exponential backoff while the store reports a lock."""
+    """Call ``fn``, retrying with jittered exponential backoff while the store reports a lock.
+
+    12 attempts wait up to ~2.5 minutes in all: long enough for dozens of jobs writing to one SQLite file.
+    """
     for i in range(attempts):
         try:
             return fn()
         except Exception as e:  # MLflow wraps SQLAlchemy errors in MlflowException
             if i == attempts - 1 or not _is_transient(e):
                 raise
+            RETRIES["count"] += 1
+            log.debug("MLflow store busy (%s): retry %d", str(e).splitlines()[0][:200], i + 1)
             time.sleep(base_delay * 2**i * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
@@ -139,16 +147,24 @@ class Tracker:
 
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
-        if run_id is None:
-            exp_id = retry(lambda: self._experiment_id(experiment))
-            run = retry(lambda: self.client.create_run(exp_id, tags=tags or {}, run_name=run_name))
-            run_id = run.info.run_id
-            self.run_id: str = run_id
-        else:
-            self.run_id = run_id
-            retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self.attempts = 12  # per write; lowered where waiting is worse than losing a write (preemption)
+        self.resumed = False
+        if run_id is not None:
+            try:
+                retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+                self.resumed = True
+            except Exception as e:
+                if "RESOURCE_DOES_NOT_EXIST" not in str(e) and "not found" not in str(e).lower():
+                    raise
+                log.warning("MLflow run %s is not in %s (tracking URI changed?): starting a new run", run_id, uri)
+        if self.resumed:
+            self.run_id: str = run_id  # type: ignore[assignment]
             if tags:  # a resumed attempt may run elsewhere: refresh device, host, versions
                 self.set_tags(tags)
+        else:
+            exp_id = retry(lambda: self._experiment_id(experiment))
+            run = retry(lambda: self.client.create_run(exp_id, tags=tags or {}, run_name=run_name))
+            self.run_id = run.info.run_id
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -172,7 +188,9 @@ class Tracker:
         existing = retry(lambda: self.client.get_run(self.run_id)).data.params
         new = [Param(k, v) for k, v in flat.items() if k not in existing]
         for i in range(0, len(new), 100):
-            retry(lambda chunk=new[i : i + 100]: self.client.log_batch(self.run_id, params=chunk))
+            retry(
+                lambda chunk=new[i : i + 100]: self.client.log_batch(self.run_id, params=chunk), attempts=self.attempts
+            )
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.log_records([(k, float(v), step or 0) for k, v in metrics.items()])
@@ -184,7 +202,10 @@ class Tracker:
         ts = int(time.time() * 1000)
         batch = [Metric(k.replace("@", "_at_"), float(v), ts, int(step)) for k, v, step in records]
         for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
-            retry(lambda chunk=batch[i : i + MAX_METRICS_PER_BATCH]: self.client.log_batch(self.run_id, metrics=chunk))
+            retry(
+                lambda chunk=batch[i : i + MAX_METRICS_PER_BATCH]: self.client.log_batch(self.run_id, metrics=chunk),
+                attempts=self.attempts,
+            )
 
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which ``key`` was already logged (to log what a killed attempt missed, and only that)."""
@@ -195,10 +216,10 @@ class Tracker:
         from mlflow.entities import RunTag
 
         batch = [RunTag(k, str(v)) for k, v in tags.items()]
-        retry(lambda: self.client.log_batch(self.run_id, tags=batch))
+        retry(lambda: self.client.log_batch(self.run_id, tags=batch), attempts=self.attempts)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), attempts=self.attempts)
 
     def finish(self, status: str = "FINISHED") -> None:
-        retry(lambda: self.client.set_terminated(self.run_id, status=status))
+        retry(lambda: self.client.set_terminated(self.run_id, status=status), attempts=self.attempts)

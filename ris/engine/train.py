@@ -28,7 +28,9 @@ DDP runs with ``find_unused_parameters=True``: the language gate after the last 
 visual stream no later stage reads, so it never gets a gradient (LAVT's official train.py does the same);
 detecting unused parameters at run time also covers the method- and N-dependent branches of the other
 methods, at the cost of one walk over the autograd graph per step, small next to the model's compute.
-BatchNorm statistics are per micro-batch unless ``train.sync_batchnorm`` (CUDA only; LAVT uses it).
+BatchNorm normalises with per-micro-batch statistics unless ``train.sync_batchnorm`` (CUDA only; LAVT's
+official code uses it); the running statistics are merged after every step so that they are those of one
+process accumulating the same micro-batches (:class:`ris.engine.distributed.BatchNormStatsMerger`).
 """
 
 from __future__ import annotations
@@ -51,12 +53,12 @@ from ris.data.prepare import read_split
 from ris.data.tokenizer import build_vocab, load_tokenizer
 from ris.engine import distributed as ddp
 from ris.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ris.engine.preemption import Preempted, StopRequest, marker_path
+from ris.engine.preemption import Preempted, StopRequest, ignore_stop_signals, marker_path
 from ris.engine.sampler import StepSampler, micro_seed, plan_batches
 from ris.engine.tracking import Tracker, runtime_tags
 from ris.metrics import intersection_union, summarize
 from ris.models import ModelConfig, build_model
-from ris.utils import atomic_path, seed_everything, write_json
+from ris.utils import atomic_path, read_json, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +103,7 @@ def build_tokenizer(cfg: dict[str, Any], train_sentences: list[str]):
     return load_tokenizer(None, vocab), vocab
 
 
-def train(
-    cfg: dict[str, Any], out_dir: Path, device: str | None = None, progress: bool = True
-) -> dict[str, Any]:
+def train(cfg: dict[str, Any], out_dir: Path, device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one run described by the resolved config ``cfg`` into ``out_dir``; returns the summary.
 
     Raises :class:`Preempted` after saving ``last.pt`` when SIGTERM/SIGUSR1 arrives (``ris train`` exits
@@ -141,6 +141,8 @@ class _Run:
             self.work.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / "config.json", cfg)
             marker_path(out_dir).unlink(missing_ok=True)
+            for tmp in self.work.glob(".*.tmp"):  # a checkpoint being written when the job was killed
+                tmp.unlink(missing_ok=True)
         seed_everything(self.seed)
 
         self.precision = resolve_precision(tcfg.get("precision"), dev)
@@ -162,9 +164,7 @@ class _Run:
         if tcfg.get("max_steps_per_epoch"):
             self.steps_per_epoch = min(self.steps_per_epoch, int(tcfg["max_steps_per_epoch"]))
         if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"train split has {len(self.train_ds)} refs, fewer than one batch of {self.batch_size}"
-            )
+            raise ValueError(f"train split has {len(self.train_ds)} refs, fewer than one batch of {self.batch_size}")
         self.epochs = int(tcfg["epochs"])
 
         self.vocab_size = len(tokenizer.get_vocab())
@@ -178,9 +178,7 @@ class _Run:
             core = core.to(memory_format=torch.channels_last)
         self.core = core
         self.params = [p for p in core.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"])
-        )
+        self.optimizer = torch.optim.AdamW(self.params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, poly_lambda(self.epochs * self.steps_per_epoch, float(tcfg.get("poly_power", 0.9)))
         )
@@ -199,14 +197,23 @@ class _Run:
         self.model: torch.nn.Module = core
         if ctx.enabled:
             self.model = torch.nn.parallel.DistributedDataParallel(
-                core, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True
+                core,
+                device_ids=[dev.index] if dev.type == "cuda" else None,
+                find_unused_parameters=True,
+                **ddp.no_buffer_broadcast(),  # BatchNormStatsMerger keeps the ranks' statistics identical
             )
-        self.tracker = self._open_tracker(run_id) if ctx.is_main else None
+        self.bn_stats = ddp.BatchNormStatsMerger(core, ctx, self.accum)
+        self.tracker: Tracker | None = None
+        if ctx.is_main:
+            self._open_tracker(run_id)
 
     # ---------------------------------------------------------------------------------------- state
 
     def _restore(self, ckpt: dict[str, Any]) -> str | None:
         """Load a ``last.pt``; return its MLflow run id."""
+        changed = _config_changes(ckpt.get("config", {}), self.cfg)
+        if changed:
+            log.warning("resuming with a changed configuration (%s): results may differ", ", ".join(changed))
         self.core.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -222,7 +229,7 @@ class _Run:
         self.history = list(ckpt.get("history", []))
         self.pending = [list(x) for x in ckpt.get("pending", [])]
         self.best = float(ckpt["best_val_oIoU"])
-        log.info(
+        (log.info if self.ctx.is_main else log.debug)(
             "resuming %s at epoch %d step %d (global step %d)",
             self.cfg["run"], self.epochs_done + 1, self.step, self.global_step,
         )  # fmt: skip
@@ -267,7 +274,7 @@ class _Run:
 
     # -------------------------------------------------------------------------------------- MLflow
 
-    def _open_tracker(self, run_id: str | None) -> Tracker:
+    def _open_tracker(self, run_id: str | None) -> None:
         tr = self.cfg["tracking"]
         tags = {
             **tr["tags"],
@@ -275,19 +282,23 @@ class _Run:
             "micro_batch_size": str(self.micro),
             "accumulation_steps": str(self.accum),
         }
-        tracker = Tracker(tr["uri"], tr["experiment"], run_id=run_id, tags=tags, run_name=self.cfg["run"])
-        if run_id is None:
-            tracker.log_params(self.cfg)
-            tracker.log_params(
-                {
-                    "derived": {
-                        "vocab_size": self.vocab_size,
-                        "steps_per_epoch": self.steps_per_epoch,
-                        "parameters": sum(p.numel() for p in self.core.parameters()),
-                    }
-                }
-            )
-        else:  # log what a killed attempt saved but may not have sent, and only that
+        # Killed before its first checkpoint, an attempt still left its run id: keep logging into that run.
+        run_file = self.work / "mlflow_run.json"
+        if run_id is None and run_file.exists():
+            previous = read_json(run_file)
+            run_id = previous["run_id"] if previous.get("uri") == tr["uri"] else None
+        tracker = self.tracker = Tracker(
+            tr["uri"], tr["experiment"], run_id=run_id, tags=tags, run_name=self.cfg["run"]
+        )
+        if tracker.run_id != run_id:
+            write_json(run_file, {"run_id": tracker.run_id, "uri": tr["uri"]})
+        derived = {
+            "vocab_size": self.vocab_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "parameters": sum(p.numel() for p in self.core.parameters()),
+        }
+        tracker.log_params({**self.cfg, "derived": derived})  # params already there are skipped
+        if self.resumed:  # log what a killed attempt saved but may not have sent, and only that
             logged = tracker.logged_steps("train_loss")
             for record in self.history:
                 if record["epoch"] not in logged:
@@ -296,7 +307,6 @@ class _Run:
                 logged = tracker.logged_steps("train_loss_step")
                 self.pending = [p for p in self.pending if int(p[0]) not in logged]
                 self._flush_pending()
-        return tracker
 
     # ------------------------------------------------------------------------------------- training
 
@@ -304,15 +314,8 @@ class _Run:
         try:
             for epoch in range(self.epochs_done, self.epochs):
                 self._epoch(epoch)
-        except Preempted as e:
-            if self.tracker:
-                self.tracker.finish("KILLED")
-            if self.ctx.is_main:
-                write_json(
-                    marker_path(self.out_dir),
-                    {"checkpoint": str(self.last_path), "epoch": self.epochs_done + 1, "step": self.step},
-                )
-            raise e
+        except Preempted:
+            raise
         except BaseException as e:
             if self.tracker:
                 with contextlib.suppress(Exception):
@@ -334,6 +337,7 @@ class _Run:
             num_workers=int(self.tcfg.get("num_workers", 0)),
             pin_memory=self.dev.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=ignore_stop_signals,
         )
         self.model.train()
         bar = tqdm(
@@ -344,16 +348,18 @@ class _Run:
         )
         batches = iter(loader)
         every = int(self.tcfg.get("checkpoint_every_steps") or 0)
-        while self.step < self.steps_per_epoch:
-            stop = self._train_step(epoch, batches)
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(self.epoch_losses[-20:]):.4f}")
-            if stop:
-                self._preempt(epoch)
-            if every and self.global_step % every == 0 and self.step < self.steps_per_epoch:
-                self._save_last()
-        bar.close()
-        del batches, loader
+        try:
+            while self.step < self.steps_per_epoch:
+                stop = self._train_step(epoch, batches)
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(self.epoch_losses[-20:]):.4f}")
+                if stop:
+                    self._preempt(epoch)
+                if every and self.global_step % every == 0 and self.step < self.steps_per_epoch:
+                    self._save_last()
+        finally:
+            bar.close()
+            del batches, loader  # DataLoader workers stop now, also when a signal or an error ends the loop
 
         val = self._validate(epoch)
         record = {
@@ -365,7 +371,7 @@ class _Run:
         }
         self.history.append(record)
         self.epochs_done, self.step, self.epoch_losses = epoch + 1, 0, []
-        log.info("epoch %d: %s", epoch + 1, record)
+        (log.info if self.ctx.is_main else log.debug)("epoch %d: %s", epoch + 1, record)
         if not self.ctx.is_main:
             return
         if val["oIoU"] > self.best:
@@ -381,6 +387,7 @@ class _Run:
     def _train_step(self, epoch: int, batches) -> bool:
         """One optimizer step over this process's micro-batches; returns whether a stop was requested."""
         total, bad = 0.0, 0
+        self.bn_stats.begin()
         for a in range(self.accum):
             batch = next(batches)
             torch.manual_seed(micro_seed(self.seed, epoch, self.step, self.ctx.rank * self.accum + a))
@@ -399,13 +406,14 @@ class _Run:
                 total += value
             else:
                 bad += 1
+        self.bn_stats.merge()
         # One collective per step: the loss, non-finite losses and stop requests of all ranks.
         loss_sum, nonfinite, stops = ddp.all_reduce_sum([total, bad, float(self.stop.requested)], self.ctx, self.dev)
         if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
-            kept = f"the last good checkpoint {self.last_path} is kept" if self.last_path.exists() else (
-                "no checkpoint was written yet"
-            )
+            kept = "no checkpoint was written yet"
+            if self.last_path.exists():
+                kept = f"the last good checkpoint {self.last_path} is kept"
             raise NonFiniteLossError(
                 f"{self.cfg['run']}: non-finite loss at epoch {epoch + 1} step {self.step + 1} (global step "
                 f"{self.global_step + 1}); stopping without updating the weights; {kept}. Lower train.lr, set "
@@ -426,7 +434,7 @@ class _Run:
             window = float(np.mean(self.epoch_losses[-every:]))
             lr = self.scheduler.get_last_lr()[0]
             self.pending.append([self.global_step, window, lr])
-            log.info(
+            (log.info if self.ctx.is_main else log.debug)(
                 "%s epoch %d/%d step %d/%d (global step %d): loss %.5f lr %.3g",
                 self.cfg["run"], epoch + 1, self.epochs, self.step, self.steps_per_epoch, self.global_step,
                 window, lr,
@@ -434,7 +442,18 @@ class _Run:
         return stops > 0
 
     def _preempt(self, epoch: int) -> None:
-        self._save_last()
+        """Save ``last.pt`` and the launcher's marker, tell MLflow (briefly: SIGKILL may be near), stop."""
+        if self.ctx.is_main:
+            save_checkpoint(self.last_path, self._resume_state())
+            write_json(
+                marker_path(self.out_dir),
+                {"checkpoint": str(self.last_path), "epoch": self.epochs_done + 1, "step": self.step},
+            )
+        if self.tracker:  # best effort: what does not reach MLflow now is in last.pt and sent on resume
+            self.tracker.attempts = 3
+            with contextlib.suppress(Exception):
+                self._flush_pending()
+                self.tracker.finish("KILLED")
         raise Preempted(
             f"{self.cfg['run']}: stopped by a signal at epoch {epoch + 1} step {self.step} "
             f"(global step {self.global_step}); resume from {self.last_path}",
@@ -475,7 +494,8 @@ class _Run:
         shard = list(range(self.ctx.rank, n, w))
         bs = self.micro * 2
         loader = DataLoader(Subset(self.val_ds, shard), batch_size=bs, shuffle=False,
-                            num_workers=int(self.tcfg.get("num_workers", 0)))  # fmt: skip
+                            num_workers=int(self.tcfg.get("num_workers", 0)),
+                            worker_init_fn=ignore_stop_signals)  # fmt: skip
         inter, union, rows = [], [], []
         batches = iter(loader)
         for _ in range(math.ceil(math.ceil(n / w) / bs)):  # the same count on every rank
@@ -495,9 +515,7 @@ class _Run:
         parts = ddp.gather((np.concatenate(inter), np.concatenate(union), np.concatenate(rows)), self.ctx)
         all_rows = np.concatenate([p[2] for p in parts])
         order = np.argsort(all_rows, kind="stable")  # dataset order, as on a single process
-        return summarize(
-            np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order]
-        )
+        return summarize(np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order])
 
     # -------------------------------------------------------------------------------------- outputs
 
@@ -535,6 +553,25 @@ class _Run:
             self.tracker.log_artifact(self.out_dir / "history.jsonl")
             self.tracker.log_metrics({"best_val_oIoU": self.best})
         return summary
+
+
+# Settings that change how, not what, a run trains: resuming with other values is expected (e.g. more GPUs).
+ENGINE_KEYS = frozenset(
+    {"device", "precision", "channels_last", "gpus", "num_workers", "checkpoint_every_steps", "log_every_steps"}
+)
+
+
+def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two run configurations (tracking and engine keys aside)."""
+    from ris.engine.tracking import flatten
+
+    a, b = (
+        flatten({k: v for k, v in old.items() if k != "tracking"}),
+        flatten({k: v for k, v in new.items() if k != "tracking"}),
+    )
+    return sorted(
+        k for k in set(a) | set(b) if a.get(k) != b.get(k) and not (k.startswith("train.") and k[6:] in ENGINE_KEYS)
+    )
 
 
 def _epoch_metrics(record: dict[str, Any]) -> dict[str, float]:

@@ -84,7 +84,7 @@ if [ -n "${RIS_SLURM_REAL_MEMORY:-}" ]; then
   REAL_MEMORY=$RIS_SLURM_REAL_MEMORY
 else
   mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
-  REAL_MEMORY=$((mem_kb / 1024 * 9 / 10))
+  REAL_MEMORY=$((mem_kb * 9 / 10 / 1024))
 fi
 DEF_MEM_PER_CPU=$((REAL_MEMORY / CPUS < 1000 ? REAL_MEMORY / CPUS : 1000))
 
@@ -226,7 +226,7 @@ until node_ready; do
   state=$(node_state)
   # A node left down or drained by an earlier run (ReturnToService=2 usually handles it).
   case "$state" in
-    down* | drain* | drained* | fail*) scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true ;;
+    down* | drain* | fail*) scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true ;;
   esac
   [ "$(date +%s)" -lt "$end" ] || die "node localhost not idle after 90 s (state: '${state:-none}')"
   sleep 0.5

@@ -29,6 +29,8 @@ rule download:
         urls=lambda wildcards: " ".join(f"--url {u}" for u in config["downloads"][wildcards.archive]["urls"]),
         size=lambda wildcards: config["downloads"][wildcards.archive].get("size") or 0,
         sha=lambda wildcards: config["downloads"][wildcards.archive].get("sha256") or "",
+        downloads=f"{DATA}/downloads",
+        extract=lambda wildcards: f"{DATA}/{wildcards.dest}",
     wildcard_constraints:
         dest=r"refer|images",
     conda:
@@ -37,7 +39,7 @@ rule download:
         f"{RESULTS}/logs/download/{{dest}}-{{archive}}.log",
     shell:
         "python -m ris download --name {wildcards.archive:q} {params.urls} --size {params.size}"
-        " --sha256 {params.sha:q} --download-dir {DATA}/downloads --extract-dir {DATA}/{wildcards.dest}"
+        " --sha256 {params.sha:q} --download-dir {params.downloads:q} --extract-dir {params.extract:q}"
         " > {log} 2>&1"
 
 

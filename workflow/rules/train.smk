@@ -31,13 +31,16 @@ rule train:
         out=RUN_DIR,
     threads: min(workflow.cores, config["scales"][config["scale"]].get("threads", workflow.cores))
     resources:
-        gpu=0,
+        # GPUs of the job (train.gpus; a profile may override it); > 1 runs one DDP process per GPU (torchrun).
+        gpu=lambda wildcards: int(run_config(config, run_key(wildcards))["train"].get("gpus", 0)),
     conda:
         ENV
     log:
         f"{RESULTS}/logs/train/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.log",
     shell:
-        "python -m ris train --run-config {params.cfg:q} --out {params.out:q} --threads {threads} > {log} 2>&1"
+        # Exit status 75: stopped by SIGTERM/SIGUSR1 after saving work/last.pt; a rerun resumes from it.
+        "python -m ris train --run-config {params.cfg:q} --out {params.out:q} --threads {threads}"
+        " --nproc {resources.gpu} > {log} 2>&1"
 
 
 rule evaluate:
