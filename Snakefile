@@ -5,6 +5,9 @@ from ris.config import all_runs, evaluations, validate
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"  # `snakemake --report results/report.html`: tables and figures
+
+
 validate(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
 
 RESULTS = config["results_dir"]
@@ -19,6 +22,6 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        tables=expand(f"{RESULTS}/tables/{{table}}.md", table=config["tables"]),
-        plots=expand(f"{RESULTS}/plots/{{table}}.png", table=config["tables"]),
+        # every table (csv, md, tex, html) and figure (png, pdf) of every table in config.yaml
+        report_targets(),
     default_target: True

@@ -59,6 +59,24 @@ def _mlflow_init(a: argparse.Namespace) -> None:
 
 
 def _train(a: argparse.Namespace) -> None:
+    """Train in this process, or (``--nproc`` > 1) in torchrun workers; exit 75 when preempted by a signal."""
+    from ris.engine.preemption import PREEMPT_EXIT_CODE, Preempted, install_early_handlers, marker_path
+
+    install_early_handlers()  # a SIGTERM while loading still ends in a checkpoint and status 75
+    from ris.engine.distributed import in_torchrun, launch
+
+    if a.nproc > 1 and not in_torchrun():
+        worker = ["-v"] if a.verbose else []
+        worker += ["train", "--run-config", a.run_config, "--out", a.out]
+        worker += ["--threads", str(max(1, a.threads // a.nproc) if a.threads else 0)]
+        worker += (["--device", a.device] if a.device else []) + (["--no-progress"] if a.no_progress else [])
+        rc = launch(worker, a.nproc, marker_path(Path(a.out)))
+        if rc == PREEMPT_EXIT_CODE:
+            _exit_now(rc)
+        if rc:
+            raise SystemExit(rc)
+        return
+
     from ris.engine.train import train
 
     cfg = (
@@ -68,8 +86,23 @@ def _train(a: argparse.Namespace) -> None:
     )
     if a.threads:
         torch.set_num_threads(a.threads)
-    summary = train(cfg, Path(a.out), device=a.device, progress=not a.no_progress)
+    try:
+        summary = train(cfg, Path(a.out), device=a.device, progress=not a.no_progress)
+    except Preempted as e:
+        print(f"ris train: {e}", file=sys.stderr)
+        _exit_now(PREEMPT_EXIT_CODE)
     print(json.dumps(summary, indent=2))
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once after a preemption (checkpoint fsynced, MLflow told): tearing down an interpreter with
+    torch loaded takes seconds here, and the cluster's SIGKILL follows its SIGTERM closely."""
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _evaluate(a: argparse.Namespace) -> None:
@@ -105,6 +138,9 @@ def _load_config(a: argparse.Namespace) -> dict:
     schema = Path(a.schema) if getattr(a, "schema", None) else path.parent / "workflow/schemas/config.schema.yaml"
     if schema.exists():
         validate(config, schema, source=str(path))
+    for key in ("results_dir", "data_dir"):  # relative to the config file, as when Snakemake runs beside it
+        if key in config and not Path(config[key]).is_absolute():
+            config[key] = str(path.resolve().parent / config[key])
     return config
 
 
@@ -222,8 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-config", required=True, help="resolved run configuration: JSON text or a .json file"
     )
     s.add_argument("--out", required=True, help="run directory")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--device", default=None, help="auto, cpu, cuda (default: train.device of the run config)")
+    s.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        help="training processes, one per GPU (the rule passes its gpu resource); > 1 launches torchrun",
+    )
+    s.add_argument("--threads", type=int, default=0, help="CPU threads in all (split between processes)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_train)
 

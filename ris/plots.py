@@ -14,6 +14,7 @@ All numbers come from the same place as the tables (metrics.json + published fac
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,13 +31,13 @@ from PIL import Image  # noqa: E402
 
 from ris.metrics import THRESHOLDS  # noqa: E402
 from ris.published import dataset_display, load_published  # noqa: E402
-from ris.tables import CITED, PUBLISHED, REPRODUCED, build_table, row_name  # noqa: E402
+from ris.tables import CITED, PUBLISHED, REPRODUCED, build_table, row_name, spec_datasets  # noqa: E402
 from ris.utils import atomic_path, read_jsonl  # noqa: E402
 
 PRECISION_METRICS = [f"P@{t}" for t in THRESHOLDS]
 NUMBERS_STYLE = {REPRODUCED: "reproduced", PUBLISHED: "published", CITED: "published (cited)"}
-GT_COLOR = (0.17, 0.63, 0.17)  # green
-PRED_COLOR = (0.84, 0.15, 0.16)  # red
+GT_COLOR = (1.0, 1.0, 1.0)  # white outline
+PRED_COLOR = (1.0, 0.6, 0.0)  # orange outline
 
 
 def save_figure(fig: plt.Figure, outs: Sequence[Path]) -> None:
@@ -62,7 +63,8 @@ def _points(spec: dict[str, Any], metric_files: Sequence[Path], metrics: list[st
     df = build_table(sub, _load_reproduced(metric_files), load_published(published))
     df = df[df["numbers"].isin(list(NUMBERS_STYLE)) & df["value"].notna()].copy()
     rows = spec["cited"] + spec["runs"]
-    df["row"] = [row_name(spec, rows[i]) for i in df["row"]]
+    df["row_index"] = df["row"]
+    df["row"] = [row_name(spec, rows[i]) for i in df["row_index"]]
     df["numbers"] = df["numbers"].map(NUMBERS_STYLE)
     df["column"] = [f"{dataset_display(d)} {s}" for d, s in zip(df["dataset"], df["split"])]
     return df
@@ -85,7 +87,7 @@ def plot_precision(
     """P@X vs X per table row; reproduced solid, published dashed; one panel per dataset split."""
     df = _points(spec, metric_files, PRECISION_METRICS, published)
     df["threshold"] = df["metric"].str[2:].astype(float)
-    columns = list(dict.fromkeys(f"{dataset_display(d)} {s}" for d, ss in spec["datasets"].items() for s in ss))
+    columns = list(dict.fromkeys(f"{dataset_display(d)} {s}" for d, ss in spec_datasets(spec) for s in ss))
     sns.set_theme(style="whitegrid", context="paper")
     ncols = min(3, len(columns))
     nrows = -(-len(columns) // ncols)
@@ -127,7 +129,7 @@ def plot_num_masks(
     """Each metric of the table vs the number of masks N (reproduced with seed std bars, and published)."""
     df = _points(spec, metric_files, list(spec["metrics"]), published)
     runs = spec["cited"] + spec["runs"]
-    df["N"] = [runs[i]["num_masks"] for i in df["row"]]
+    df["N"] = [runs[i]["num_masks"] for i in df["row_index"]]
     metrics = list(spec["metrics"])
     sns.set_theme(style="whitegrid", context="paper")
     ncols = min(3, len(metrics))
@@ -159,20 +161,33 @@ def plot_num_masks(
     return df
 
 
-def plot_training(
-    spec: dict[str, Any], histories: Sequence[Path], outs: Sequence[Path], runs: Sequence[dict] | None = None
-) -> pd.DataFrame:
-    """Training loss and validation oIoU per epoch, one line per run of the table (mean over seeds).
+RUN_NAME = re.compile(r"^(?P<method>[^-]+)-(?P<backbone>[^-]+)-n(?P<num_masks>\d+)-s(?P<seed>\d+)$")
 
-    ``histories``: ``history.jsonl`` files, in the order of ``runs`` (default: the table's runs x seeds).
+
+def run_from_history_path(path: Path) -> dict[str, Any]:
+    """(dataset, method, backbone, num_masks, seed) of ``.../runs/<dataset>/<method>-<backbone>-n<N>-s<seed>/...``."""
+    path = Path(path)
+    m = RUN_NAME.match(path.parent.name)
+    if not m:
+        raise ValueError(f"{path}: not in a run directory named <method>-<backbone>-n<N>-s<seed>")
+    return {
+        "dataset": path.parent.parent.name,
+        **m.groupdict(),
+        "num_masks": int(m["num_masks"]),
+        "seed": int(m["seed"]),
+    }
+
+
+def plot_training(spec: dict[str, Any], histories: Sequence[Path], outs: Sequence[Path]) -> pd.DataFrame:
+    """Training loss and validation oIoU per epoch, one line per run of the table (mean and band over seeds).
+
+    ``histories``: the runs' ``history.jsonl`` files, in their run directories (which name the run).
     """
-    runs = list(runs) if runs is not None else [r for r in spec["runs"] for _ in spec["seeds"]]
-    if len(runs) != len(histories):
-        raise ValueError(f"{len(histories)} history files for {len(runs)} runs")
     records = []
-    for run, path in zip(runs, histories):
+    for path in histories:
+        run = run_from_history_path(path)
         for rec in read_jsonl(Path(path)):
-            records.append({"run": row_name(spec, run), "path": str(path), **rec})
+            records.append({"run": row_name(spec, run), "dataset": run["dataset"], "seed": run["seed"], **rec})
     df = pd.DataFrame(records)
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -181,16 +196,17 @@ def plot_training(
             _blank(ax, "no training history")
     else:
         order = list(dict.fromkeys(df["run"]))
+        style = "dataset" if df["dataset"].nunique() > 1 else None
         for ax, (col, label) in zip(axes, [("train_loss", "training loss"), ("val_oIoU", "validation oIoU (%)")]):
             if col not in df:
                 _blank(ax, f"no {col}")
                 continue
-            sns.lineplot(data=df, x="epoch", y=col, hue="run", hue_order=order, marker="o", ax=ax)
+            sns.lineplot(data=df, x="epoch", y=col, hue="run", hue_order=order, style=style, marker="o", ax=ax)
             ax.set(title=label, xlabel="epoch", ylabel=label)
             ax.xaxis.get_major_locator().set_params(integer=True)
-            if ax.legend_:
-                ax.legend_.set_title(None)
-        if axes[0].legend_ and axes[1].legend_:
+        if axes[1].legend_:
+            axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        if axes[0].legend_:
             axes[0].legend_.remove()
     fig.suptitle(_title(spec, "training curves"))
     fig.tight_layout()
@@ -214,16 +230,28 @@ def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 0
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float], alpha: float = 0.5) -> np.ndarray:
-    """RGB float image with ``mask`` tinted in ``color`` and its boundary drawn solid."""
-    out = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-    c = np.asarray(color, dtype=np.float32)
-    out = out.copy()
-    out[mask] = (1 - alpha) * out[mask] + alpha * c
-    edge = mask & ~(
-        np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
-    )  # fmt: skip
-    out[edge] = c
+def _edge(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` pixels of its boundary (the image border is not a boundary)."""
+    padded = np.pad(mask, width, mode="edge")
+    inner = np.ones_like(mask)
+    h, w = mask.shape
+    for dy in range(-width, width + 1):
+        for dx in range(-width, width + 1):
+            inner &= padded[width + dy : width + dy + h, width + dx : width + dx + w]
+    return mask & ~inner
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float], dim: float = 0.35) -> np.ndarray:
+    """RGB float image with everything outside ``mask`` dimmed and the mask outlined in ``color``.
+
+    Dimming rather than tinting keeps the object's own colours readable (the synthetic objects are red,
+    green, blue, purple, ...); a black ring inside the coloured outline keeps it visible on any colour.
+    """
+    out = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32).copy()
+    out[~mask] *= dim
+    width = max(1, min(mask.shape) // 160)
+    out[_edge(mask, 2 * width)] = 0.0
+    out[_edge(mask, width)] = np.asarray(color, dtype=np.float32)
     return np.clip(out, 0, 1)
 
 
@@ -258,14 +286,14 @@ def plot_qualitative(
     if focus is None or focus.empty:
         raise FileNotFoundError(f"{samples_files[-1]}: samples of the ranking run not found or empty")
     truth = read_split(Path(split_table)).set_index(["ref_id", "sent_id"])
-    d0 = next(iter(spec["datasets"]))
-    where = f"{dataset_display(d0)} {spec['datasets'][d0][0]}"
+    d0, splits0 = spec_datasets(spec)[0]
+    where = f"{dataset_display(d0)} {splits0[0]}"
     chosen = {}
     for kind, worst, outs in (("successes", False, outs_successes), ("failures", True, outs_failures)):
         picked = select_samples(focus, k, worst)
         chosen[kind] = picked
         ncols = 2 + len(runs)
-        fig, axes = plt.subplots(len(picked) or 1, ncols, figsize=(2.3 * ncols, 2.6 * max(1, len(picked))))
+        fig, axes = plt.subplots(len(picked) or 1, ncols, figsize=(2.3 * ncols, 2.8 * max(1, len(picked))))
         axes = np.atleast_2d(axes)
         if picked.empty:
             for ax in axes.flat:
@@ -296,8 +324,9 @@ def plot_qualitative(
                 ax.set_title(title, fontsize=8)
         what = "best" if not worst else "worst"
         fig.suptitle(
-            f"{spec['name']}: {kind} ({what} IoU of {focus_name}, {where}); green: ground truth, red: prediction"
-            + (" (demo scale: synthetic data)" if spec.get("note") else ""),
+            f"{spec['name']}: {kind} ({what} IoU of {focus_name}, {where})"
+            + (" (demo scale: synthetic data)" if spec.get("note") else "")
+            + "\noutlined: ground truth (white), prediction (orange); outside the mask dimmed",
             fontsize=9,
         )
         fig.tight_layout()

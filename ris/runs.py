@@ -39,7 +39,8 @@ def list_runs(uri: str, experiment_prefix: str = "ris-", metrics: tuple[str, ...
             for r in page:
                 tags, m = r.data.tags, r.data.metrics
                 row = {
-                    "run": r.info.run_name or tags.get("mlflow.runName", r.info.run_id[:8]),
+                    # run names are "<dataset>/<method>-<backbone>-n<N>-s<seed>"; the dataset has its column
+                    "run": (r.info.run_name or tags.get("mlflow.runName") or r.info.run_id[:8]).rsplit("/", 1)[-1],
                     "dataset": tags.get("dataset", ""),
                     "method": tags.get("method", ""),
                     "backbone": tags.get("backbone", ""),
@@ -83,7 +84,19 @@ def format_runs(df: pd.DataFrame, fmt: str = "table", wide: bool = False) -> str
     if df.empty:
         return "no runs in this store\n"
     shown = df if wide else df.drop(columns=["experiment", "tables", "run_id"])
-    text = shown.to_string(
-        index=False, na_rep="-", float_format=lambda v: f"{v:.2f}", justify="left"
-    )  # fmt: skip
-    return text + f"\n{len(df)} run(s)\n"
+    columns = list(shown.columns)
+    numeric = [c in ("N", "seed") or pd.api.types.is_float_dtype(shown[c]) for c in columns]
+
+    def cell(v) -> str:
+        if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+            return "-"
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(v) for v in shown[c]] for c in columns]
+    widths = [max(len(c), *(len(x) for x in col)) for c, col in zip(columns, cells)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
+
+    rows = [line(columns)] + [line([col[i] for col in cells]) for i in range(len(shown))]
+    return "\n".join(rows) + f"\n{len(df)} run(s)\n"

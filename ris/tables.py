@@ -103,7 +103,8 @@ def table_spec(config: dict, name: str) -> dict[str, Any]:
         "note": note,
         "scale": config["scale"],
         "metrics": list(t.get("metrics") or METRIC_NAMES),
-        "datasets": {d: list(s) for d, s in t["datasets"].items()},
+        # a list of [dataset, splits] pairs, not a mapping: column order must survive JSON with sorted keys
+        "datasets": [[d, list(s)] for d, s in t["datasets"].items()],
         "dataset_used": {d: dataset_for(config, d) for d in t["datasets"]},
         "runs": [
             {"method": r["method"], "backbone": r["backbone"], "num_masks": int(r.get("num_masks", 0))}
@@ -119,6 +120,13 @@ def table_spec(config: dict, name: str) -> dict[str, Any]:
     }
 
 
+def spec_datasets(spec: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(dataset, splits) of a table's columns, in order (``datasets`` as pairs, or a mapping)."""
+    ds = spec["datasets"]
+    items = ds.items() if isinstance(ds, dict) else ds
+    return [(str(d), list(splits)) for d, splits in items]
+
+
 def full_caption(spec: dict[str, Any]) -> str:
     """Caption with the demo-scale note appended (when there is one)."""
     return " ".join(x for x in (spec["caption"], spec.get("note", "")) if x)
@@ -130,7 +138,7 @@ def full_caption(spec: dict[str, Any]) -> str:
 
 def _columns(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(dataset, split, metric) of every number column, in table order."""
-    return [(d, s, m) for d, splits in spec["datasets"].items() for s in splits for m in spec["metrics"]]
+    return [(d, s, m) for d, splits in spec_datasets(spec) for s in splits for m in spec["metrics"]]
 
 
 def _aggregate(reproduced: pd.DataFrame) -> dict[tuple, tuple[float, float, int]]:
@@ -308,10 +316,10 @@ def _label(field_name: str, value: Any) -> str:
 def layout(df: pd.DataFrame, spec: dict[str, Any]) -> Layout:
     """Arrange the long table into rows (with labels and numbers kind) and column blocks."""
     fields = _label_fields(spec)
-    splits = [(d, s) for d, ss in spec["datasets"].items() for s in ss]
+    splits = [(d, s) for d, ss in spec_datasets(spec) for s in ss]
     lay = Layout(
         label_headers=[LABEL_FIELDS[f] for f in fields],
-        datasets=[(d, list(ss)) for d, ss in spec["datasets"].items()],
+        datasets=spec_datasets(spec),
         metrics=list(spec["metrics"]),
         per_metric_blocks=len(splits) > 1 and len(spec["metrics"]) > 1,
     )

@@ -68,8 +68,9 @@ def test_demo_dag_end_to_end(tmp_path):
     assert set(table["split"]) == {"val", "testA", "testB"}
     assert set(table["metric"]) >= {"oIoU", "mIoU", "P@0.5", "P@0.9"}
     md = (results / "tables" / "summary.md").read_text()
-    assert "| synthetic | lavt | swin_b | 0 |" in md
-    assert (results / "plots" / "summary.png").stat().st_size > 10_000
+    assert "| LAVT | reproduced |" in md
+    for fig in ("precision", "training", "qualitative_successes", "qualitative_failures"):
+        assert (results / "plots" / "summary" / f"{fig}.png").stat().st_size > 10_000
 
     metrics = json.loads((results / "eval/synthetic/lavt-swin_b-n0-s0/val/metrics.json").read_text())
     assert metrics["counts"]["samples"] > 0 and set(metrics["metrics"]) >= {"oIoU", "mIoU", "P@0.7"}

@@ -45,3 +45,46 @@ def table_metric_files(wildcards):
 
 def table_histories(wildcards):
     return [f"{RESULTS}/runs/{k.path}/history.jsonl" for k in dict.fromkeys(table_runs(config, wildcards.table))]
+
+
+# Helpers of the report rules (workflow/rules/report.smk): tables, figures and the Snakemake report.
+from ris.config import dataset_for
+from ris.plots import table_figures
+from ris.published import default_path as published_results_path
+from ris.tables import full_caption, table_spec
+
+PUBLISHED_CSV = str(published_results_path())
+TABLE_FORMATS = ["csv", "md", "tex", "html"]
+FIGURE_FORMATS = ["png", "pdf"]
+
+
+def spec_json(wildcards):
+    return json.dumps(table_spec(config, wildcards.table))
+
+
+def table_caption(wildcards):
+    return full_caption(table_spec(config, wildcards.table))
+
+
+def grid_split(table):
+    """(dataset used, split) of a table's qualitative grids: its first dataset's first split."""
+    first, splits = next(iter(config["tables"][table]["datasets"].items()))
+    return dataset_for(config, first), splits[0]
+
+
+def table_grid_samples(wildcards):
+    """samples.csv of every run of the table (first seed) on the grid split, in table order."""
+    dataset, split = grid_split(wildcards.table)
+    seed = config["seeds"][0]
+    keys = [k for k in table_runs(config, wildcards.table) if k.dataset == dataset and k.seed == seed]
+    return [f"{RESULTS}/eval/{k.path}/{split}/samples.csv" for k in keys]
+
+
+def report_targets():
+    """Every table and figure of every declared table (the inputs of `rule all`)."""
+    out = []
+    for t in config["tables"]:
+        out += [f"{RESULTS}/tables/{t}.{ext}" for ext in TABLE_FORMATS]
+        for fig in table_figures(table_spec(config, t)):
+            out += [f"{RESULTS}/plots/{t}/{fig}.{ext}" for ext in FIGURE_FORMATS]
+    return out

@@ -1,37 +1,165 @@
-# Tables and figures from the metrics.json files (the source of truth for every number).
+# Tables, figures and the Snakemake report, from the metrics.json files (the source of truth for every
+# number) and the published numbers in ris/resources/published_results.csv.
+#   results/tables/<table>.{csv,md,tex,html}
+#   results/plots/<table>/{precision,num_masks,training,qualitative_successes,qualitative_failures}.{png,pdf}
+# `snakemake --report results/report.html` gathers them, grouped by table (captions: workflow/report/).
+# Helper functions (spec_json, report_targets, ...) are in common.smk.
 
 
 localrules:
     tables,
-    plots,
+    plot_precision,
+    plot_num_masks,
+    plot_training,
+    plot_qualitative,
 
 
 rule tables:
     input:
-        table_metric_files,
+        metrics=table_metric_files,
+        published=PUBLISHED_CSV,
     output:
-        csv=f"{RESULTS}/tables/{{table}}.csv",
+        html=report(
+            f"{RESULTS}/tables/{{table}}.html",
+            caption="../report/table.rst",
+            category="{table}",
+            subcategory="1. Table",
+            labels={"table": "{table}", "content": "paper layout (HTML)"},
+        ),
+        csv=report(
+            f"{RESULTS}/tables/{{table}}.csv",
+            caption="../report/table_csv.rst",
+            category="{table}",
+            subcategory="1. Table",
+            labels={"table": "{table}", "content": "long format (CSV)"},
+        ),
         md=f"{RESULTS}/tables/{{table}}.md",
+        tex=f"{RESULTS}/tables/{{table}}.tex",
     params:
-        caption=lambda wildcards: config["tables"][wildcards.table].get("caption", wildcards.table),
+        spec=spec_json,
+        caption=table_caption,
+    wildcard_constraints:
+        table=r"[^/]+",
     conda:
         ENV
     log:
         f"{RESULTS}/logs/tables/{{table}}.log",
     shell:
-        "python -m ris tables --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
-        " --caption {params.caption:q} > {log} 2>&1"
+        "python -m ris tables --spec {params.spec:q} --published {input.published:q} --metrics {input.metrics:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --out-html {output.html:q}"
+        " > {log} 2>&1"
 
 
-rule plots:
+rule plot_precision:
     input:
-        table=rules.tables.output.csv,
-        histories=table_histories,
+        metrics=table_metric_files,
+        published=PUBLISHED_CSV,
     output:
-        f"{RESULTS}/plots/{{table}}.png",
+        png=report(
+            f"{RESULTS}/plots/{{table}}/precision.png",
+            caption="../report/precision.rst",
+            category="{table}",
+            subcategory="2. Figures",
+            labels={"table": "{table}", "figure": "precision vs IoU threshold"},
+        ),
+        pdf=f"{RESULTS}/plots/{{table}}/precision.pdf",
+    params:
+        spec=spec_json,
+    wildcard_constraints:
+        table=r"[^/]+",
     conda:
         ENV
     log:
-        f"{RESULTS}/logs/plots/{{table}}.log",
+        f"{RESULTS}/logs/plots/{{table}}-precision.log",
     shell:
-        "python -m ris plot --table {input.table:q} --histories {input.histories:q} --out {output:q} > {log} 2>&1"
+        "python -m ris plot precision --spec {params.spec:q} --published {input.published:q}"
+        " --metrics {input.metrics:q} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
+
+
+rule plot_num_masks:
+    input:
+        metrics=table_metric_files,
+        published=PUBLISHED_CSV,
+    output:
+        png=report(
+            f"{RESULTS}/plots/{{table}}/num_masks.png",
+            caption="../report/num_masks.rst",
+            category="{table}",
+            subcategory="2. Figures",
+            labels={"table": "{table}", "figure": "metrics vs number of masks N"},
+        ),
+        pdf=f"{RESULTS}/plots/{{table}}/num_masks.pdf",
+    params:
+        spec=spec_json,
+    wildcard_constraints:
+        table=r"[^/]+",
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/plots/{{table}}-num_masks.log",
+    shell:
+        "python -m ris plot num_masks --spec {params.spec:q} --published {input.published:q}"
+        " --metrics {input.metrics:q} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
+
+
+rule plot_training:
+    input:
+        table_histories,
+    output:
+        png=report(
+            f"{RESULTS}/plots/{{table}}/training.png",
+            caption="../report/training.rst",
+            category="{table}",
+            subcategory="2. Figures",
+            labels={"table": "{table}", "figure": "training curves"},
+        ),
+        pdf=f"{RESULTS}/plots/{{table}}/training.pdf",
+    params:
+        spec=spec_json,
+    wildcard_constraints:
+        table=r"[^/]+",
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/plots/{{table}}-training.log",
+    shell:
+        "python -m ris plot training --spec {params.spec:q} --histories {input:q}"
+        " --out {output.png:q} {output.pdf:q} > {log} 2>&1"
+
+
+rule plot_qualitative:
+    input:
+        samples=table_grid_samples,
+        prepared=lambda wildcards: f"{DATA}/prepared/{grid_split(wildcards.table)[0]}",
+    output:
+        successes=report(
+            f"{RESULTS}/plots/{{table}}/qualitative_successes.png",
+            caption="../report/qualitative.rst",
+            category="{table}",
+            subcategory="3. Qualitative",
+            labels={"table": "{table}", "figure": "successes (highest IoU)"},
+        ),
+        successes_pdf=f"{RESULTS}/plots/{{table}}/qualitative_successes.pdf",
+        failures=report(
+            f"{RESULTS}/plots/{{table}}/qualitative_failures.png",
+            caption="../report/qualitative.rst",
+            category="{table}",
+            subcategory="3. Qualitative",
+            labels={"table": "{table}", "figure": "failures (lowest IoU)"},
+        ),
+        failures_pdf=f"{RESULTS}/plots/{{table}}/qualitative_failures.pdf",
+    params:
+        spec=spec_json,
+        split=lambda wildcards: grid_split(wildcards.table)[1],
+        images=lambda wildcards: str(images_dir(config, grid_split(wildcards.table)[0])),
+    wildcard_constraints:
+        table=r"[^/]+",
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/plots/{{table}}-qualitative.log",
+    shell:
+        "python -m ris plot qualitative --spec {params.spec:q} --samples {input.samples:q}"
+        " --split-table {input.prepared:q}/{params.split}.parquet --images {params.images:q}"
+        " --out {output.successes:q} {output.successes_pdf:q}"
+        " --out-failures {output.failures:q} {output.failures_pdf:q} > {log} 2>&1"
