@@ -2,8 +2,7 @@
 
 At paper scale the BERT tokenizer comes from ``from_pretrained`` (hub name or local folder). At demo
 scale nothing is downloaded: a WordPiece vocabulary is built from the training sentences (every word
-becomes a token) and saved beside the prepared data; checkpoints carry the vocabulary so a model can be
-used without the data folder.
+becomes a token) when training starts; checkpoints carry it, so a model can be used without the data.
 
 Note (transformers 5): ``BertTokenizer(vocab_file=...)`` silently ignores the file and maps every word to
 [UNK]; we pass ``vocab=`` (a token -> id dict), which works on 4.x and 5.x alike.
@@ -14,7 +13,6 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from transformers import BertTokenizer
@@ -27,17 +25,6 @@ def build_vocab(sentences: Iterable[str]) -> list[str]:
     """Special tokens followed by every lower-cased word/punctuation token of the sentences, sorted."""
     words = {w for s in sentences for w in _WORD.findall(s.lower())}
     return list(SPECIAL_TOKENS) + sorted(words - set(SPECIAL_TOKENS))
-
-
-def save_vocab(vocab: list[str], path: Path) -> None:
-    from ris.utils import atomic_path
-
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text("\n".join(vocab) + "\n")
-
-
-def load_vocab(path: Path) -> list[str]:
-    return [line for line in Path(path).read_text().splitlines() if line]
 
 
 def tokenizer_from_vocab(vocab: list[str]) -> BertTokenizer:

@@ -51,7 +51,7 @@ from ris.models.blocks import (
     flatten_hw,
     weighted_mask_sum,
 )
-from ris.models.lavt import PWAMFusion
+from ris.models.lavt import pwam_fusions
 from ris.models.registry import register_method
 
 
@@ -89,8 +89,7 @@ class EAVL(RISModel):
         self.num_queries = int(cfg.num_masks if cfg.num_masks > 0 else (option_n or 8))
         if self.num_queries < 1:
             raise ValueError(f"EAVL needs at least one query, got {self.num_queries}")
-        heads, drop = self.option("fusion_heads", 1), self.option("fusion_dropout", 0.0)
-        self.fusions = nn.ModuleList(PWAMFusion(c, self.text.dim, heads, drop) for c in chans)
+        self.fusions = pwam_fusions(self)
         self.decoder = TopDownDecoder(chans)
         self.query_generator = MultiQueryGenerator(self.num_queries, chans[3], self.text.dim, dim)
         self.query_decoder = QueryDecoder(

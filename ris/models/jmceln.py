@@ -40,7 +40,7 @@ from ris.models.blocks import (
     masked_mean,
     weighted_mask_sum,
 )
-from ris.models.lavt import PWAMFusion
+from ris.models.lavt import pwam_fusions
 from ris.models.registry import register_method
 
 
@@ -91,8 +91,7 @@ class JMCELN(RISModel):
         if len(weights) != stages or sum(weights) <= 0:
             raise ValueError(f"stage_weights {weights} must be {stages} values with a positive sum")
         self.stage_weights = weights
-        heads, drop = self.option("fusion_heads", 1), self.option("fusion_dropout", 0.0)
-        self.fusions = nn.ModuleList(PWAMFusion(c, self.text.dim, heads, drop) for c in chans)
+        self.fusions = pwam_fusions(self)
         self.decoder = TopDownDecoder(chans)
         self.context = nn.Parameter(torch.randn(self.option("context_tokens", 4), dim))
         self.word_proj = nn.Linear(self.text.dim, dim)

@@ -43,16 +43,23 @@ class PWAMFusion(nn.Module):
         return self.gate(vis, mm), self.norm(mm), words
 
 
+def pwam_fusions(model: RISModel) -> nn.ModuleList:
+    """One :class:`PWAMFusion` per backbone stage, from the options ``fusion_heads`` and ``fusion_dropout``.
+
+    The LAVT encoder, shared by every method that fuses language this way (LAVT, EAVL, JMCELN).
+    """
+    heads, drop = model.option("fusion_heads", 1), model.option("fusion_dropout", 0.0)
+    return nn.ModuleList(PWAMFusion(c, model.text.dim, heads, drop) for c in model.backbone.channels)
+
+
 @register_method("lavt")
 class LAVT(RISModel):
     """LAVT on any staged backbone; options: ``fusion_heads`` (1), ``fusion_dropout`` (0.0)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        chans = self.backbone.channels
-        heads, drop = self.option("fusion_heads", 1), self.option("fusion_dropout", 0.0)
-        self.fusions = nn.ModuleList(PWAMFusion(c, self.text.dim, heads, drop) for c in chans)
-        self.decoder = TopDownDecoder(chans)
+        self.fusions = pwam_fusions(self)
+        self.decoder = TopDownDecoder(self.backbone.channels)
         self.classifier = nn.Conv2d(self.decoder.hidden, 2, 1)
 
     def forward(
