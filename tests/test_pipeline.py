@@ -28,13 +28,19 @@ TINY = {
 }
 
 
-def make_workdir(tmp_path: Path, tables: dict | None = None, scale_train: dict | None = None) -> Path:
-    """Copy the workflow into ``tmp_path`` with a tiny config.yaml (a fresh-clone stand-in)."""
+def copy_workflow(tmp_path: Path) -> Path:
+    """A copy of the workflow (Snakefile, workflow/, environment.yml) in ``tmp_path/repo``, without config."""
     work = tmp_path / "repo"
     work.mkdir()
     shutil.copy(REPO / "Snakefile", work / "Snakefile")
     shutil.copytree(REPO / "workflow", work / "workflow")
     shutil.copy(REPO / "environment.yml", work / "environment.yml")
+    return work
+
+
+def make_workdir(tmp_path: Path, tables: dict | None = None, scale_train: dict | None = None) -> Path:
+    """Copy the workflow into ``tmp_path`` with a tiny config.yaml (a fresh-clone stand-in)."""
+    work = copy_workflow(tmp_path)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["synthetic"].update(TINY["synthetic"])
     cfg["scales"]["demo"]["train"].update(scale_train or TINY["train"])
@@ -123,11 +129,7 @@ def test_invalid_config_gives_clear_error(tmp_path):
 
 def test_paper_dry_run_lists_every_job_without_network(tmp_path):
     """`snakemake -n --config scale=paper` plans downloads, prepares, trainings and evaluations of all tables."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    shutil.copy(REPO / "Snakefile", work / "Snakefile")
-    shutil.copytree(REPO / "workflow", work / "workflow")
-    shutil.copy(REPO / "environment.yml", work / "environment.yml")
+    work = copy_workflow(tmp_path)
     shutil.copy(REPO / "config.yaml", work / "config.yaml")
     r = snakemake(work, "-n", "--config", "scale=paper")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -146,11 +148,7 @@ def test_paper_dry_run_lists_every_job_without_network(tmp_path):
 
 
 def test_bring_your_own_copy_skips_downloads(tmp_path):
-    work = tmp_path / "repo"
-    work.mkdir()
-    shutil.copy(REPO / "Snakefile", work / "Snakefile")
-    shutil.copytree(REPO / "workflow", work / "workflow")
-    shutil.copy(REPO / "environment.yml", work / "environment.yml")
+    work = copy_workflow(tmp_path)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     refer_root, images = tmp_path / "mine" / "refer", tmp_path / "mine" / "train2014"
     for folder in ("refcoco", "refcoco+", "refcocog"):
