@@ -55,16 +55,6 @@ def read_image(path: Path) -> Image.Image:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-def _to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """(1, 3, size, size) normalised as in evaluation (bilinear resize, ImageNet statistics)."""
-    from ris.data.dataset import IMAGENET_MEAN, IMAGENET_STD
-
-    im = image.resize((size, size), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return x.unsqueeze(0)
-
-
 def unknown_words(tokenizer, sentence: str) -> list[str]:
     """Words of ``sentence`` the tokenizer maps to [UNK] (demo vocabularies only know the training words)."""
     unk = getattr(tokenizer, "unk_token", "[UNK]")
@@ -78,6 +68,7 @@ def unknown_words(tokenizer, sentence: str) -> list[str]:
 @torch.no_grad()
 def predict(checkpoint: Path, image_path: Path, sentence: str, device: str = "cpu") -> Prediction:
     """Segment what ``sentence`` refers to in the image at ``image_path`` with the model in ``checkpoint``."""
+    from ris.data.dataset import image_tensor
     from ris.data.tokenizer import encode
     from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -96,7 +87,8 @@ def predict(checkpoint: Path, image_path: Path, sentence: str, device: str = "cp
     if unknown:
         log.warning("words not in the model's vocabulary (read as [UNK]): %s", ", ".join(unknown))
     width, height = image.size
-    mask = model.predict(_to_tensor(image, size).to(dev), ids.to(dev), attention.to(dev), (height, width))
+    x = image_tensor(image, size).unsqueeze(0).to(dev)
+    mask = model.predict(x, ids.to(dev), attention.to(dev), (height, width))
     return Prediction(mask[0].cpu().numpy().astype(bool), image, sentence, unknown, config)
 
 

@@ -52,12 +52,10 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
-    with Path(path).open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Write one JSON line per record, atomically (readers never see a partial history)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -26,19 +26,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """An RGB image file as a normalised (3, size, size) float tensor."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image file not found") from None
-    except OSError as e:
-        raise OSError(f"{path}: not a readable image ({e})") from None
+def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """An RGB PIL image resized to (size, size) (bilinear) and normalised: a (3, size, size) float tensor."""
+    im = image.resize((size, size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x - mean) / std
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """An RGB image file as a normalised (3, size, size) float tensor."""
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: image file not found") from None
+    except OSError as e:
+        raise OSError(f"{path}: not a readable image ({e})") from None
+    return image_tensor(rgb, size)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:

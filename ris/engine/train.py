@@ -58,7 +58,7 @@ from ris.engine.sampler import StepSampler, micro_seed, plan_batches
 from ris.engine.tracking import Tracker, runtime_tags
 from ris.metrics import intersection_union, summarize
 from ris.models import ModelConfig, build_model
-from ris.utils import atomic_path, read_json, seed_everything, write_json
+from ris.utils import atomic_path, read_json, seed_everything, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -378,8 +378,7 @@ class _Run:
             self.best = val["oIoU"]
             save_checkpoint(self.work / "best.pt", self._best_state(epoch, val))
         save_checkpoint(self.last_path, self._resume_state())
-        with atomic_path(self.work / "history.jsonl") as tmp:
-            tmp.write_text("".join(_json_line(r) for r in self.history))
+        write_jsonl(self.work / "history.jsonl", self.history)
         if self.tracker:
             self.tracker.log_metrics(_epoch_metrics(record), step=epoch + 1)
         self._flush_pending()
@@ -546,8 +545,7 @@ class _Run:
             return summary
         with atomic_path(self.out_dir / "model.pt") as tmp:
             shutil.copyfile(self.work / "best.pt", tmp)
-        with atomic_path(self.out_dir / "history.jsonl") as tmp:
-            tmp.write_text("".join(_json_line(r) for r in self.history))
+        write_jsonl(self.out_dir / "history.jsonl", self.history)
         if self.tracker:
             self.tracker.log_artifact(self.out_dir / "config.json")
             self.tracker.log_artifact(self.out_dir / "history.jsonl")
@@ -577,8 +575,3 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in record.items() if k != "epoch"}
 
-
-def _json_line(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, sort_keys=True) + "\n"
