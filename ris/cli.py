@@ -9,6 +9,7 @@
     ris tables       a paper table from metrics.json files and published numbers (CSV, Markdown, LaTeX, HTML)
     ris plot         a table's figures (precision, num_masks, training, qualitative; PNG and PDF)
     ris predict      segment what a sentence refers to in an image, with a trained checkpoint
+    ris import-checkpoint  an official checkpoint (LAVT's released weights) -> a ris checkpoint
     ris runs         list the runs of the MLflow store (method, backbone, N, dataset, status, metrics)
 
 Errors a user can fix (bad config, missing file, corrupt data) print one clear line, exit status 2.
@@ -204,6 +205,17 @@ def _predict(a: argparse.Namespace) -> None:
     print(json.dumps(save_prediction(pred, out_mask, out_overlay), indent=2))
 
 
+def _import_checkpoint(a: argparse.Namespace) -> None:
+    from ris.interop.lavt import import_checkpoint
+
+    run_config = None
+    if a.run_config:
+        text = Path(a.run_config).read_text() if a.run_config.endswith(".json") else a.run_config
+        run_config = json.loads(text)
+    config = import_checkpoint(Path(a.checkpoint), Path(a.out), run_config, a.image_size, a.tokenizer)
+    print(json.dumps({"out": a.out, "run": config["run"], "model": config["model"]}, indent=2))
+
+
 def _runs(a: argparse.Namespace) -> None:
     from ris.runs import format_runs, list_runs
 
@@ -320,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=0)
     s.set_defaults(fn=_predict)
+
+    s = sub.add_parser("import-checkpoint", help="an official checkpoint (e.g. LAVT's released weights) -> ris")
+    s.add_argument("checkpoint", help="the official file, e.g. refcoco.pth of yz93/LAVT-RIS")
+    s.add_argument("--format", required=True, choices=["lavt"], help="whose checkpoint it is")
+    s.add_argument("--out", required=True, help="the ris checkpoint to write, e.g. model.pt")
+    s.add_argument("--run-config", default="", help="run configuration (JSON text or .json) to record, as the DAG")
+    s.add_argument("--image-size", type=int, default=None, help="input size (default: the run config's, else 480)")
+    s.add_argument("--tokenizer", default="bert-base-uncased", help="BERT tokenizer: hub id or local folder")
+    s.set_defaults(fn=_import_checkpoint)
 
     s = sub.add_parser("runs", help="list the runs of the MLflow store")
     s.add_argument("--config", default="config.yaml", help="config.yaml: its tracking URI (unless --uri)")

@@ -113,3 +113,20 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[RISModel, Any, dict[str
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, tokenizer, config
+
+
+def save_model_checkpoint(
+    path: Path,
+    config: dict[str, Any],
+    model: RISModel,
+    vocab: list[str] | None,
+    vocab_size: int,
+    **extra: Any,
+) -> None:
+    """Write a model checkpoint that ``ris evaluate``, ``ris predict`` and the DAG read (as ``model.pt``).
+
+    ``config`` is the run config (its ``model`` entry rebuilds the network); ``vocab`` is the vocabulary
+    built from the training sentences, or None when the tokenizer is ``config["model"]["pretrained_text"]``.
+    """
+    state = {"config": config, "vocab": vocab, "vocab_size": vocab_size, "model": model.state_dict()}
+    save_checkpoint(path, {**state, **extra})

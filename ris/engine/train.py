@@ -53,6 +53,7 @@ from ris.data.prepare import read_split
 from ris.data.tokenizer import build_vocab, load_tokenizer
 from ris.engine import distributed as ddp
 from ris.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ris.engine.optim import build_optimizer
 from ris.engine.preemption import Preempted, StopRequest, ignore_stop_signals, marker_path
 from ris.engine.sampler import StepSampler, micro_seed, plan_batches
 from ris.engine.tracking import Tracker, runtime_tags
@@ -177,8 +178,10 @@ class _Run:
         if self.channels_last:
             core = core.to(memory_format=torch.channels_last)
         self.core = core
+        self.optimizer = build_optimizer(
+            core, tcfg.get("optimizer", "adamw"), float(tcfg["lr"]), float(tcfg["weight_decay"])
+        )
         self.params = [p for p in core.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, poly_lambda(self.epochs * self.steps_per_epoch, float(tcfg.get("poly_power", 0.9)))
         )

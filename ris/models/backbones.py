@@ -13,9 +13,12 @@ Each registered name has two sizes: ``full`` (the paper's network, ImageNet weig
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, window_partition, window_reverse
 from torch import nn
 
 from ris.models.registry import register_backbone
@@ -54,18 +57,77 @@ def _check_size(size: str) -> None:
         raise ValueError(f"backbone size must be 'tiny' or 'full', got {size!r}")
 
 
+class OfficialSwinBlock(SwinTransformerBlock):
+    """timm's Swin block with the official Swin (segmentation) window order: pad, *then* shift.
+
+    The official Swin of LAVT (``Swin-Transformer-Semantic-Segmentation``, LAVT's ``lib/backbone.py``) pads
+    a map to a multiple of the window, applies the cyclic shift to the padded map, and builds the
+    shifted-window mask on the padded grid. timm 1.x shifts the unpadded map, then pads. The two agree
+    when the map is a multiple of the window (30x30, 24x24 with window 12) and differ otherwise (15x15 =
+    stage 4 at 480 px; every stage at 448 px). Weights, modules and the relative-position tables are
+    timm's unchanged, so timm's ImageNet checkpoints load as they are; only ``_attn`` differs. Blocks are
+    built with timm's ``always_partition`` (the window is never shrunk to a small map, and odd blocks always
+    shift by half a window: official semantics, where timm would use a smaller window without shift) and
+    ``dynamic_mask`` (the mask is built per forward from the padded size, so any input size works).
+    """
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        _, h, w, c = x.shape
+        wh, ww = self.window_size
+        x = F.pad(x, (0, 0, 0, (ww - w % ww) % ww, 0, (wh - h % wh) % wh))
+        hp, wp = x.shape[1], x.shape[2]
+        shift = tuple(self.shift_size)
+        mask = None
+        if any(shift):
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+            mask = self.get_attn_mask(x)  # on the padded grid, as the official BasicLayer builds it
+        windows = window_partition(x, self.window_size).view(-1, self.window_area, c)
+        windows = self.attn(windows, mask=mask).view(-1, wh, ww, c)
+        x = window_reverse(windows, self.window_size, hp, wp)
+        if any(shift):
+            x = torch.roll(x, shifts=shift, dims=(1, 2))
+        return x[:, :h, :w, :].contiguous()
+
+
+def official_swin(model: SwinTransformer) -> SwinTransformer:
+    """Give every block of a timm Swin the official window semantics (:class:`OfficialSwinBlock`), in place.
+
+    Also pads the image to a multiple of the patch size (right/bottom) as the official ``PatchEmbed``
+    does, instead of refusing such sizes.
+    """
+    model.patch_embed.dynamic_img_pad = True
+    for block in model.modules():
+        if isinstance(block, SwinTransformerBlock):
+            block.__class__ = OfficialSwinBlock
+    return model
+
+
+#: timm Swin settings of our two sizes: ``full`` is LAVT's Swin-B (window 12, stochastic depth 0.3, its
+#: ``segmentation.py``); ``tiny`` a small sibling without stochastic depth.
+SWIN_SIZES: dict[str, dict[str, Any]] = {
+    "full": {"window_size": 12, "drop_path_rate": 0.3},
+    "tiny": {"window_size": 4, "embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 8)},
+}
+
+
 @register_backbone("swin_b")
-def swin_b(size: str, image_size: int, pretrained: bool = False) -> StagedBackbone:
-    """Swin-B, window 12, stochastic depth 0.3 (LAVT's ``segmentation.py``); tiny: embed 32, depths (1, 1, 2, 1),
-    window 4, no stochastic depth."""
+def swin_b(size: str, image_size: int, pretrained: bool = False, **arch: Any) -> StagedBackbone:
+    """Swin-B with the official (LAVT) window semantics (:class:`OfficialSwinBlock`); see :data:`SWIN_SIZES`.
+
+    ``arch`` (``embed_dim``, ``depths``, ``num_heads``, ``window_size``) overrides the size's architecture,
+    e.g. to rebuild an imported checkpoint of another Swin; ImageNet weights only load for the full size.
+    """
     _check_size(size)
-    if size == "full":
-        kw = {"window_size": 12, "drop_path_rate": 0.3}
-    else:
-        kw = {"window_size": 4, "embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 8)}
+    kw = {**SWIN_SIZES[size], **arch}
     m = timm.create_model(
-        "swin_base_patch4_window12_384", pretrained=pretrained and size == "full", img_size=image_size, **kw
+        "swin_base_patch4_window12_384",
+        pretrained=pretrained and size == "full",
+        img_size=image_size,
+        always_partition=True,
+        strict_img_size=False,
+        **kw,
     )
+    official_swin(m)
     channels = [int(m.embed_dim * 2**i) for i in range(4)]
     return StagedBackbone(m.patch_embed, list(m.layers), channels, nhwc=True)
 

@@ -29,7 +29,8 @@ class ModelConfig:
     num_masks: int = 0
     pretrained_backbone: bool = False
     pretrained_text: str | None = None  # hub id or local folder for from_pretrained
-    options: dict[str, Any] = field(default_factory=dict)  # method-specific settings
+    # method-specific settings; ``backbone_args`` (a dict) overrides the backbone's architecture
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -50,7 +51,7 @@ class RISModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = lookup(BACKBONES, "backbone", cfg.backbone)(
-            cfg.size, cfg.image_size, cfg.pretrained_backbone
+            cfg.size, cfg.image_size, cfg.pretrained_backbone, **self.option("backbone_args", {})
         )
         self.text = lookup(TEXT_ENCODERS, "text encoder", cfg.text_encoder)(
             cfg.size, cfg.vocab_size, cfg.pretrained_text
@@ -85,6 +86,15 @@ class RISModel(nn.Module):
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> dict[str, Any]:
         raise NotImplementedError
+
+    def forward_words(self, images: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> dict[str, Any]:
+        """The forward pass from word features (B, L, D) and their mask (B, L) instead of token ids.
+
+        What the official LAVT model takes (BERT runs outside it), so outputs can be compared with the
+        official code's without a text encoder. Methods that use more than the word features (e.g. a
+        sentence feature from the text encoder) do not offer it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no forward from word features")
 
     def mask_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The mask loss every method uses for its mask predictions.

@@ -11,9 +11,19 @@ from torch import nn
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    masked_bias: float | None = None,
 ) -> torch.Tensor:
-    """Scaled dot-product attention of q (B, N, C) over k, v (B, L, C); ``key_mask`` (B, L) marks real keys."""
+    """Scaled dot-product attention of q (B, N, C) over k, v (B, L, C); ``key_mask`` (B, L) marks real keys.
+
+    ``scale`` replaces the per-head 1/sqrt(C / heads); with ``masked_bias`` the masked keys get that value
+    added to their similarity instead of being excluded (LAVT's PWAM adds -1e4).
+    """
     b, n, c = q.shape
     ell = k.shape[1]
     if c % heads:
@@ -22,7 +32,9 @@ def attend(
     kh = k.reshape(b, ell, heads, c // heads).transpose(1, 2)
     vh = v.reshape(b, ell, heads, v.shape[-1] // heads).transpose(1, 2)
     mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+    if mask is not None and masked_bias is not None:
+        mask = (~mask).to(q.dtype) * masked_bias
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(b, n, v.shape[-1])
 
 
@@ -57,6 +69,8 @@ class PixelWordAttention(nn.Module):
     Pixels are queries (1x1 projection + instance norm), words are keys and values; the attended
     language feature (projection + instance norm) multiplies a projection of the visual feature
     element-wise, and a final 1x1 projection gives the multimodal feature (LAVT paper, Sec. 3.2).
+    As the official ``SpatialImageLanguageAttention``: keys and values of padded words are zeroed and their
+    similarities get -1e4, and similarities are scaled by 1/sqrt(vis_dim) whatever the number of heads.
     """
 
     def __init__(self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0):
@@ -73,7 +87,8 @@ class PixelWordAttention(nn.Module):
         hw = vis.shape[-2:]
         m = word_mask.unsqueeze(-1).to(words.dtype)
         q = flatten_hw(self.query(vis))
-        lang = attend(q, self.key(words) * m, self.value(words) * m, self.heads, word_mask)
+        k, v = self.key(words) * m, self.value(words) * m
+        lang = attend(q, k, v, self.heads, word_mask, scale=q.shape[-1] ** -0.5, masked_bias=-1e4)
         lang = self.lang_out(unflatten_hw(lang, hw))
         return self.mm_proj(self.vis_proj(vis) * lang)
 

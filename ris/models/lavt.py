@@ -66,6 +66,11 @@ class LAVT(RISModel):
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> dict[str, Any]:
         words, _ = self.text(input_ids, attention_mask)
-        feats, _ = self.encode(images, words, attention_mask, self.fusions)
+        return self.forward_words(images, words, attention_mask)
+
+    def forward_words(self, images: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> dict[str, Any]:
+        """``logits`` (B, 1, H/4, W/4), and the official model's intermediate outputs: ``features`` (the four
+        LayerNorm-ed PWAM maps handed to the decoder) and ``scores`` (the two class scores at 1/4 size)."""
+        feats, _ = self.encode(images, words, word_mask, self.fusions)
         scores = self.classifier(self.decoder(feats))
-        return {"logits": scores[:, 1:2] - scores[:, 0:1]}
+        return {"logits": scores[:, 1:2] - scores[:, 0:1], "scores": scores, "features": feats}

@@ -1,0 +1,1 @@
+"""Interoperability with other codebases: importing their released checkpoints (``ris import-checkpoint``)."""

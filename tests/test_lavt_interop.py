@@ -1,0 +1,211 @@
+"""Official LAVT checkpoints: our LAVT reproduces the official outputs; import, key map and refusals.
+
+The reference (``shared/fixtures/lavt_reference``, see its README) was made with the official code: a
+small random LAVT (embed 16, depths 2-2-2-2, window 12) at 480x480, so stage 4 is 15x15, a size where
+the official Swin (pad, then shift) and timm's (shift, then pad) differ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from timm.models.swin_transformer import SwinTransformerBlock, get_relative_position_index
+
+from ris.cli import main
+from ris.interop.lavt import OfficialCheckpointError, convert_state, load_official
+from ris.models import ModelConfig, RISModel, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "fixtures" / "lavt_reference"
+TOLERANCE = 1e-4
+# LAVT paper size: backbone (Swin-B + PWAMs + gates + norms), classifier (SimpleDecoding), BERT-base
+# without pooler.
+PAPER_PARAMS = {"backbone": 98_196_856, "classifier": 20_651_010, "bert": 108_891_648}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    if not REFERENCE.exists():
+        pytest.fail(f"LAVT reference fixture missing: {REFERENCE}")
+    return torch.load(REFERENCE / "io.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def official_model() -> RISModel:
+    return load_official(REFERENCE / "checkpoint.pth")
+
+
+def max_differences(model: RISModel, ref: dict) -> dict[str, float]:
+    """Max abs difference to the official outputs, per stage feature and for the 1/4-size scores."""
+    with torch.no_grad():
+        out = model.forward_words(ref["image"], ref["l_feats"].transpose(1, 2), ref["l_mask"].squeeze(-1))
+    diffs = {
+        f"stage{i + 1}": (a - b).abs().max().item() for i, (a, b) in enumerate(zip(out["features"], ref["features"]))
+    }
+    diffs["scores"] = (out["scores"] - ref["scores_quarter"]).abs().max().item()
+    return diffs
+
+
+def test_matches_official_outputs(official_model, reference):
+    diffs = max_differences(official_model, reference)
+    print("\nmax abs difference to the official LAVT:", json.dumps(diffs))
+    assert set(diffs) == {"stage1", "stage2", "stage3", "stage4", "scores"}
+    assert all(d < TOLERANCE for d in diffs.values()), diffs
+    scores = official_model.forward_words(
+        reference["image"], reference["l_feats"].transpose(1, 2), reference["l_mask"].squeeze(-1)
+    )["scores"]
+    final = torch.nn.functional.interpolate(scores, size=(480, 480), mode="bilinear", align_corners=True)
+    assert torch.equal(final.argmax(1), reference["final_argmax"])
+
+
+def test_timm_window_order_does_not_match(reference):
+    """The same model with timm's shift-then-pad blocks misses the reference at the 15x15 stage."""
+    model = load_official(REFERENCE / "checkpoint.pth")
+    for block in model.modules():
+        if isinstance(block, SwinTransformerBlock):
+            block.__class__ = SwinTransformerBlock
+    diffs = max_differences(model, reference)
+    print("\nwith timm's window order:", json.dumps(diffs))
+    assert max(diffs["stage1"], diffs["stage2"], diffs["stage3"]) < TOLERANCE  # 120, 60, 30: multiples of 12
+    assert diffs["stage4"] > 0.1 and diffs["scores"] > 0.1
+
+
+def _paper_state(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """An official-format state dict with the paper model's keys and shapes (meta tensors: no memory)."""
+    sd = {k: torch.empty(shape, device="meta") for k, shape in keys.items()}
+    for k in sd:
+        if k.endswith("relative_position_index"):
+            sd[k] = get_relative_position_index(12, 12)
+    return sd
+
+
+def test_paper_keys_map_onto_paper_size_model():
+    keys = json.loads((REFERENCE / "paper_keys.json").read_text())
+    with torch.device("meta"):
+        model = build_model(ModelConfig(method="lavt", size="full", image_size=480))
+    target = model.state_dict()
+    converted = convert_state(_paper_state(keys), None, target, Path("paper_keys.json"))
+    assert set(converted) == set(target)
+    assert all(converted[k].shape == target[k].shape for k in target)
+
+    def count(*modules: torch.nn.Module) -> int:
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    assert count(model.backbone, model.fusions) == PAPER_PARAMS["backbone"]
+    assert count(model.decoder, model.classifier) == PAPER_PARAMS["classifier"]
+    assert count(model.text) == PAPER_PARAMS["bert"]
+    assert count(model) == sum(PAPER_PARAMS.values())
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def _broken(tmp_path: Path, edit) -> Path:
+    ckpt = torch.load(REFERENCE / "checkpoint.pth", weights_only=True)
+    edit(ckpt["model"])
+    path = tmp_path / "broken.pth"
+    torch.save(ckpt, path)
+    return path
+
+
+def _truncated(tmp_path: Path) -> Path:
+    path = tmp_path / "truncated.pth"
+    path.write_bytes((REFERENCE / "checkpoint.pth").read_bytes()[:100_000])
+    return path
+
+
+def _other_format(tmp_path: Path) -> Path:
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, path)
+    return path
+
+
+def _missing_key(tmp_path: Path) -> Path:
+    return _broken(tmp_path, lambda sd: sd.pop("backbone.layers.1.fusion.project_mm.0.weight"))
+
+
+def _wrong_shape(tmp_path: Path) -> Path:
+    return _broken(tmp_path, lambda sd: sd.update({"classifier.conv1_1.weight": torch.zeros(2, 7, 1, 1)}))
+
+
+BAD = {
+    "truncated": (_truncated, "not a readable PyTorch checkpoint"),
+    "other format": (_other_format, "no 'model' state dict"),
+    "missing key": (_missing_key, "missing fusions.1.pwam.mm_proj.0.weight"),
+    "no bert_model": (lambda tmp_path: REFERENCE / "checkpoint.pth", "no bert_model (the fine-tuned BERT)"),
+    "wrong shape": (_wrong_shape, "mis-shaped classifier.conv1_1.weight [2, 7, 1, 1] (expected [2, 64, 1, 1])"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_checkpoint_one_clear_line(case, tmp_path, capsys):
+    make, expected = BAD[case]
+    path = make(tmp_path)
+    rc = main(["import-checkpoint", "--format", "lavt", str(path), "--out", str(tmp_path / "model.pt")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert expected in err and str(path) in err
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_bad_checkpoint_errors_name_every_problem(tmp_path):
+    def edit(sd: dict) -> None:
+        sd.pop("backbone.norm2.weight")
+        sd["backbone.layers.0.fusion.extra.weight"] = torch.zeros(1)
+
+    with pytest.raises(OfficialCheckpointError, match=r"missing fusions\.2\.norm\.norm\.weight; unexpected"):
+        load_official(_broken(tmp_path, edit))
+
+
+def test_import_writes_a_ris_checkpoint(official_model, reference, tmp_path):
+    """With a (random, small-vocabulary) ``bert_model``: the ris checkpoint rebuilds the same network."""
+    from transformers import BertConfig, BertModel
+
+    from ris.data.tokenizer import tokenizer_from_vocab
+    from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from ris.models.text import BERT_BASE
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=16, max_position_embeddings=512, **BERT_BASE), add_pooling_layer=True)
+    ckpt = torch.load(REFERENCE / "checkpoint.pth", weights_only=True)
+    ckpt["bert_model"] = bert.state_dict()  # with the pooler, which LAVT does not use: ignored
+    src = tmp_path / "refcoco.pth"
+    torch.save(ckpt, src)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "circle"]
+    tokenizer_from_vocab(vocab).save_pretrained(tmp_path / "tokenizer")
+    out = tmp_path / "model.pt"
+    rc = main(
+        [
+            "import-checkpoint",
+            "--format",
+            "lavt",
+            str(src),
+            "--out",
+            str(out),
+            "--tokenizer",
+            str(tmp_path / "tokenizer"),
+        ]
+    )
+    assert rc == 0
+
+    model, tokenizer, config = model_from_checkpoint(load_checkpoint(out))
+    assert config["model"]["size"] == "full" and config["model"]["options"]["backbone_args"]["embed_dim"] == 16
+    assert tokenizer.convert_tokens_to_ids("circle") == 7
+    assert torch.equal(model.text.bert.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+    assert max(max_differences(model, reference).values()) < TOLERANCE
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0]])
+    with torch.no_grad():
+        logits = model(reference["image"][:1], ids, (ids > 0).long())["logits"]
+    assert logits.shape == (1, 1, 120, 120) and torch.isfinite(logits).all()
