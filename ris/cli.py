@@ -339,7 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the ris checkpoint to write, e.g. model.pt")
     s.add_argument("--run-config", default="", help="run configuration (JSON text or .json) to record, as the DAG")
     s.add_argument("--image-size", type=int, default=None, help="input size (default: the run config's, else 480)")
-    s.add_argument("--tokenizer", default="bert-base-uncased", help="BERT tokenizer: hub id or local folder")
+    s.add_argument(
+        "--tokenizer", default=None,
+        help="BERT tokenizer, hub id or folder (default: the run config's pretrained_text, else bert-base-uncased)",
+    )  # fmt: skip
     s.set_defaults(fn=_import_checkpoint)
 
     s = sub.add_parser("runs", help="list the runs of the MLflow store")

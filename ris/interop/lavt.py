@@ -302,17 +302,19 @@ def import_checkpoint(
     out: Path,
     run_config: dict[str, Any] | None = None,
     image_size: int | None = None,
-    tokenizer: str = "bert-base-uncased",
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Convert an official LAVT checkpoint into a ``ris`` checkpoint at ``out``; returns its run config.
 
     ``run_config`` (a DAG run's config) supplies run name, dataset, seed, tracking and ``train``; its
-    ``model`` entry is replaced by the imported architecture. Without it, a minimal one is written.
+    ``model`` entry is replaced by the imported architecture (``tokenizer`` defaults to its
+    ``pretrained_text``, else ``bert-base-uncased``). Without it, a minimal one is written.
     A checkpoint without ``bert_model`` is refused: its predictions would come from a random BERT.
     """
     path = Path(path)
     base = dict(run_config or {})
     size = int(image_size or base.get("model", {}).get("image_size") or 480)
+    tokenizer = tokenizer or base.get("model", {}).get("pretrained_text") or "bert-base-uncased"
     model_sd, bert_sd, args = read_official(path)
     model = _build(model_sd, bert_sd, args, path, size, tokenizer)  # first: refuse bad keys by name
     if bert_sd is None:

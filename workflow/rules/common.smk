@@ -6,6 +6,7 @@ from ris.config import (
     images_dir,
     prepare_inputs,
     refer_dir,
+    released_checkpoint,
     run_config,
     table_evaluations,
     table_runs,
@@ -44,7 +45,15 @@ def table_metric_files(wildcards):
 
 
 def table_histories(wildcards):
-    return [f"{RESULTS}/runs/{k.path}/history.jsonl" for k in dict.fromkeys(table_runs(config, wildcards.table))]
+    """history.jsonl of every trained run of the table (runs from released weights have none)."""
+    keys = dict.fromkeys(table_runs(config, wildcards.table))
+    return [f"{RESULTS}/runs/{k.path}/history.jsonl" for k in keys if released_checkpoint(config, k) is None]
+
+
+def run_model(wildcards):
+    """The checkpoint a run is evaluated with: trained (model.pt), or imported released weights (released.pt)."""
+    key = run_key(wildcards)
+    return f"{RESULTS}/runs/{key.path}/{'model' if released_checkpoint(config, key) is None else 'released'}.pt"
 
 
 # Helpers of the report rules (workflow/rules/report.smk): tables, figures and the Snakemake report.

@@ -29,7 +29,9 @@ rule train:
     params:
         cfg=lambda wildcards: json.dumps(run_config(config, run_key(wildcards)), sort_keys=True),
         out=RUN_DIR,
-    threads: min(workflow.cores, config["scales"][config["scale"]].get("threads", workflow.cores))
+    # Snakemake lowers it to --cores on a local run; no reference to workflow.cores, which is None when
+    # no --cores is given (e.g. `snakemake --report results/report.html`).
+    threads: config["scales"][config["scale"]].get("threads", 1)
     resources:
         # GPUs of the job (train.gpus; a profile may override it); > 1 runs one DDP process per GPU (torchrun).
         gpu=lambda wildcards: int(run_config(config, run_key(wildcards))["train"].get("gpus", 0)),
@@ -43,9 +45,27 @@ rule train:
         " --nproc {resources.gpu} > {log} 2>&1"
 
 
+rule import_released:
+    # A run named under `released_weights` (config.yaml): the authors' checkpoint, imported, not trained.
+    input:
+        checkpoint=lambda wildcards: released_checkpoint(config, run_key(wildcards))["path"],
+    output:
+        model=f"{RUN_DIR}/released.pt",
+    params:
+        cfg=lambda wildcards: json.dumps(run_config(config, run_key(wildcards)), sort_keys=True),
+        fmt=lambda wildcards: released_checkpoint(config, run_key(wildcards))["format"],
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/import/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.log",
+    shell:
+        "python -m ris import-checkpoint --format {params.fmt} {input.checkpoint:q} --out {output.model:q}"
+        " --run-config {params.cfg:q} > {log} 2>&1"
+
+
 rule evaluate:
     input:
-        model=rules.train.output.model,
+        model=run_model,
         prepared=f"{DATA}/prepared/{{dataset}}",
     output:
         metrics=f"{EVAL_DIR}/metrics.json",
