@@ -81,6 +81,40 @@ def test_timm_window_order_does_not_match(reference):
     assert diffs["stage4"] > 0.1 and diffs["scores"] > 0.1
 
 
+@pytest.mark.parametrize("size", [15, 24])
+def test_official_block_pads_before_shifting(size):
+    """One shifted block, same weights: the official order equals timm's on a multiple of the window only."""
+    from ris.models.backbones import OfficialSwinBlock
+
+    torch.manual_seed(0)
+    block = SwinTransformerBlock(32, (size, size), num_heads=2, window_size=12, shift_size=6, dynamic_mask=True)
+    x = torch.randn(1, size, size, 32)
+    with torch.no_grad():
+        timm_out = block(x)
+        block.__class__ = OfficialSwinBlock
+        official = block(x)
+    assert torch.allclose(official, timm_out, atol=1e-5) == (size % 12 == 0)
+
+
+def test_official_swin_loads_timm_imagenet_weights(tmp_path):
+    """timm's ImageNet checkpoints load into our Swin unchanged (here a small random one, from a file)."""
+    import timm
+
+    from ris.models.backbones import swin_b
+
+    arch = {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
+    imagenet = timm.create_model("swin_base_patch4_window12_384", **arch)  # 384 px, classifier head
+    torch.save(imagenet.state_dict(), tmp_path / "imagenet.pth")
+    overlay = {"file": str(tmp_path / "imagenet.pth")}
+    backbone = swin_b("full", 480, pretrained=True, pretrained_cfg_overlay=overlay, **arch)
+    ours = backbone.state_dict()
+    for name, value in imagenet.state_dict().items():
+        if name.startswith(("head.", "norm.")):
+            continue
+        mapped = name.replace("patch_embed.", "stem.", 1).replace("layers.", "stages.", 1)
+        assert torch.equal(ours[mapped], value), name
+
+
 def _paper_state(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
     """An official-format state dict with the paper model's keys and shapes (meta tensors: no memory)."""
     sd = {k: torch.empty(shape, device="meta") for k, shape in keys.items()}
