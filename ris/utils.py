@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -67,6 +65,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch RNGs."""
+    import numpy as np  # imported here: the rest of this module is stdlib-only (ris.lock runs without a venv)
     import torch
 
     random.seed(seed)

@@ -107,8 +107,14 @@ def git_commit(folder: Path | None = None) -> tuple[str, bool]:
 
 
 def runtime_tags(device: Any = None, world_size: int = 1, precision: str | None = None) -> dict[str, str]:
-    """Tags that make runs comparable: code version, torch/CUDA versions, device, processes, precision."""
+    """Tags that make runs comparable: code version, locked environment, torch/CUDA, device, processes, precision.
+
+    ``env_lock_sha256`` is the sha256 of ``requirements-lock.txt`` ("none" outside a checkout): two runs
+    with the same value were made by the same locked environment (when installed by scripts/setup.sh).
+    """
     import torch
+
+    from ris.lock import lock_sha256
 
     commit, dirty = git_commit()
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -120,6 +126,7 @@ def runtime_tags(device: Any = None, world_size: int = 1, precision: str | None 
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit,
+        "env_lock_sha256": lock_sha256() or "none",
         "torch_version": torch.__version__,
         "cuda_version": str(torch.version.cuda or "none"),
         "device": dev.type,
