@@ -10,7 +10,7 @@ import torch
 
 from ris.models import BACKBONES, METHODS, ModelConfig, RISModel, build_model
 
-IMAGE = 64  # tiny Swin: stage maps 16/8/4/2, window 4 (clipped to 2 at the last stage)
+IMAGE = 64  # tiny Swin: stage maps 16/8/4/2, window 4 (the last stage padded to it, as official Swin)
 VOCAB = 50
 TOKENS = 8
 

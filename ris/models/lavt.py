@@ -10,6 +10,10 @@ Follows the official architecture:
   ``mask_predictor.py``) whose 1/4-resolution output a 1x1 conv turns into two class scores;
 * loss: cross-entropy with class weights 0.9 (background) / 1.1 (foreground), official ``train.py``.
 
+With ``swin_b`` the network is the official one, key for key (the Swin follows the official window
+semantics, :class:`ris.models.backbones.OfficialSwinBlock`): ``ris.interop.lavt`` imports the authors'
+checkpoints, and ``tests/test_lavt_interop.py`` matches the official code's outputs within 1e-4.
+
 Our reading: the two class scores are returned as one foreground logit (their difference), which leaves
 the loss and the argmax prediction unchanged; fusion also runs on ResNet/Darknet stages (CoupAlign's
 supplementary Table 1 evaluates "LAVT-ResNet101" without describing it; this is the direct transfer).
