@@ -96,6 +96,20 @@ def test_official_block_pads_before_shifting(size):
     assert torch.allclose(official, timm_out, atol=1e-5) == (size % 12 == 0)
 
 
+def test_patch_merging_pads_odd_maps_as_official():
+    """timm's merging = the official one (pad an odd map at the bottom/right, concat (0,0) (1,0) (0,1) (1,1))."""
+    from timm.models.swin_transformer import PatchMerging
+
+    torch.manual_seed(0)
+    merge = PatchMerging(8)
+    x = torch.randn(2, 7, 5, 8)  # odd height and width
+    p = torch.nn.functional.pad(x, (0, 0, 0, 1, 0, 1))
+    quads = [p[:, 0::2, 0::2], p[:, 1::2, 0::2], p[:, 0::2, 1::2], p[:, 1::2, 1::2]]
+    expected = merge.reduction(merge.norm(torch.cat(quads, -1)))
+    with torch.no_grad():
+        assert torch.allclose(merge(x), expected, atol=1e-6)
+
+
 def test_official_swin_loads_timm_imagenet_weights(tmp_path):
     """timm's ImageNet checkpoints load into our Swin unchanged (here a small random one, from a file)."""
     import timm
@@ -203,13 +217,17 @@ def test_bad_checkpoint_errors_name_every_problem(tmp_path):
         load_official(_broken(tmp_path, edit))
 
 
-def test_import_writes_a_ris_checkpoint(official_model, reference, tmp_path):
-    """With a (random, small-vocabulary) ``bert_model``: the ris checkpoint rebuilds the same network."""
+def test_import_writes_a_ris_checkpoint(reference, tiny_synthetic, tmp_path):
+    """With a (random, small-vocabulary) ``bert_model`` and a DAG run config: the ris checkpoint rebuilds
+    the same network, and ``ris evaluate`` and ``ris predict`` take it."""
+    from PIL import Image
     from transformers import BertConfig, BertModel
 
+    from ris.data.prepare import prepare
     from ris.data.tokenizer import tokenizer_from_vocab
     from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from ris.models.text import BERT_BASE
+    from ris.predict import predict
 
     torch.manual_seed(0)
     bert = BertModel(BertConfig(vocab_size=16, max_position_embeddings=512, **BERT_BASE), add_pooling_layer=True)
@@ -219,27 +237,31 @@ def test_import_writes_a_ris_checkpoint(official_model, reference, tmp_path):
     torch.save(ckpt, src)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "circle"]
     tokenizer_from_vocab(vocab).save_pretrained(tmp_path / "tokenizer")
+    run = {
+        "run": "synthetic/lavt-swin_b-n0-s0",
+        "dataset": "synthetic",
+        "seed": 0,
+        "model": {"image_size": 64, "pretrained_text": str(tmp_path / "tokenizer")},
+        "train": {"image_size": 64, "max_tokens": 20},
+    }
     out = tmp_path / "model.pt"
-    rc = main(
-        [
-            "import-checkpoint",
-            "--format",
-            "lavt",
-            str(src),
-            "--out",
-            str(out),
-            "--tokenizer",
-            str(tmp_path / "tokenizer"),
-        ]
-    )
-    assert rc == 0
+    args = ["import-checkpoint", "--format", "lavt", str(src), "--out", str(out), "--run-config", json.dumps(run)]
+    assert main(args) == 0
 
     model, tokenizer, config = model_from_checkpoint(load_checkpoint(out))
     assert config["model"]["size"] == "full" and config["model"]["options"]["backbone_args"]["embed_dim"] == 16
+    assert config["model"]["image_size"] == 64 and config["run"] == run["run"]
     assert tokenizer.convert_tokens_to_ids("circle") == 7
     assert torch.equal(model.text.bert.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
     assert max(max_differences(model, reference).values()) < TOLERANCE
-    ids = torch.tensor([[2, 5, 6, 7, 3, 0]])
-    with torch.no_grad():
-        logits = model(reference["image"][:1], ids, (ids > 0).long())["logits"]
-    assert logits.shape == (1, 1, 120, 120) and torch.isfinite(logits).all()
+
+    Image.new("RGB", (90, 60), (200, 30, 30)).save(tmp_path / "photo.png")
+    pred = predict(out, tmp_path / "photo.png", "the red circle")
+    assert pred.mask.shape == (60, 90) and pred.unknown_words == []
+
+    prepare(tiny_synthetic, "unc", ["val"], tmp_path / "prepared", tiny_synthetic / "images")
+    evaluate = ["evaluate", "--checkpoint", str(out), "--split-table", str(tmp_path / "prepared" / "val.parquet")]
+    evaluate += ["--split", "val", "--images", str(tiny_synthetic / "images"), "--out", str(tmp_path / "eval")]
+    assert main([*evaluate, "--no-mlflow"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["run"] == run["run"] and metrics["method"] == "lavt" and metrics["counts"]["samples"] > 0
