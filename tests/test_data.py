@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from ris.data.dataset import ReferSplit
@@ -91,3 +92,50 @@ def test_cli_prepares_the_real_fixture(refcocog_sample, tmp_path):
         "train.parquet",
         "val.parquet",
     ]
+
+
+def _pillow_reference(path, size: int) -> torch.Tensor:
+    """The image path before the speed-up: Pillow decode and resize, NumPy normalisation."""
+    from PIL import Image
+
+    from ris.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def test_fast_image_path_matches_pillow(tmp_path):
+    """torchvision's uint8 antialiased resize + fused normalisation == Pillow's path within one grey level.
+
+    Noise images, so a different filter (no antialiasing, nearest) or normalisation is far off; JPEG colour and
+    grey, PNG RGBA and palette, BMP; down- and up-scaling and no resize; files and PIL images (``ris predict``).
+    """
+    from PIL import Image
+
+    from ris.data.dataset import IMAGENET_STD, image_tensor, load_image
+
+    level = 1.0 / (255.0 * min(IMAGENET_STD))  # one grey level after normalisation, the widest channel
+    rng = np.random.default_rng(0)
+    cases = [((640, 480), 480, "jpg", "RGB"), ((427, 640), 480, "jpg", "L"), ((100, 70), 48, "png", "RGBA"),
+             ((50, 40), 64, "png", "P"), ((333, 222), 480, "bmp", "RGB"), ((96, 96), 96, "png", "RGB")]  # fmt: skip
+    for (w, h), size, ext, mode in cases:
+        path = tmp_path / f"{w}x{h}_{mode}.{ext}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode).save(path)
+        ref = _pillow_reference(path, size)
+        for got in (load_image(path, size), image_tensor(Image.open(path), size)):
+            assert got.shape == (3, size, size) and got.dtype == torch.float32
+            diff = (got - ref).abs()
+            assert diff.max() <= level * 1.001, (path.name, float(diff.max() / level))
+            assert diff.mean() <= 0.3 * level, (path.name, float(diff.mean() / level))
+
+
+def test_image_errors_name_the_file(tmp_path):
+    from ris.data.dataset import load_image
+
+    with pytest.raises(FileNotFoundError, match="missing.jpg: image file not found"):
+        load_image(tmp_path / "missing.jpg", 32)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(OSError, match="notes.jpg: not a readable image"):
+        load_image(tmp_path / "notes.jpg", 32)
