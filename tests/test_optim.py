@@ -12,6 +12,9 @@ from ris.engine.optim import build_optimizer, lavt_official_groups
 from ris.engine.train import poly_lambda
 from ris.interop.lavt import map_key
 from ris.models import ModelConfig, build_model
+from tests import test_engine
+
+prepared_tiny, store = test_engine.prepared_tiny, test_engine.store  # fixtures of the training tests
 
 PAPER_KEYS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lavt_reference" / "paper_keys.json"
 BUFFERS = ("relative_position_index", "running_mean", "running_var", "num_batches_tracked")
@@ -45,7 +48,9 @@ def test_lavt_official_groups_on_paper_model(paper_model):
     official = _official_groups()
     assert ours["backbone_no_decay"] == official["backbone_no_decay"]
     assert ours["decay"] == official["decay"]
-    assert len(ours["backbone_no_decay"]) == 4 * 2 + 24 * 5 + 3 * 2 + 2  # norm0-3, 24 blocks x (2 norms + table), merges, patch embed
+    assert (
+        len(ours["backbone_no_decay"]) == 4 * 2 + 24 * 5 + 3 * 2 + 2
+    )  # norm0-3, 24 blocks x (2 norms + table), merges, patch embed
     bert_layers = {int(n.split(".")[4]) for n in ours["bert"]}
     assert bert_layers == set(range(10))
     layer_size = sum(p.numel() for p in paper_model.text.bert.encoder.layer[0].parameters())
@@ -79,3 +84,22 @@ def test_poly_decay_per_iteration():
         assert opt.param_groups[0]["lr"] == pytest.approx(5e-5 * (1 - it / (iters_per_epoch * epochs)) ** 0.9)
         opt.step()
         sched.step()
+
+
+def test_training_with_the_official_recipe(prepared_tiny, store, tmp_path):
+    """`train.optimizer: lavt_official` reaches the training loop: three groups, BERT's embeddings untouched."""
+    cfg = test_engine.make_config(prepared_tiny, store, optimizer="lavt_official", epochs=1, max_steps_per_epoch=2)
+    test_engine.train_here(cfg, tmp_path / "run")
+    last = torch.load(tmp_path / "run" / "work" / "last.pt", weights_only=True)
+    groups = last["optimizer"]["param_groups"]
+    assert [(g["name"], g["weight_decay"]) for g in groups] == [
+        ("backbone_no_decay", 0.0),
+        ("decay", 0.01),
+        ("bert", 0.01),
+    ]
+    with torch.device("meta"):
+        tiny = build_model(ModelConfig.from_dict({**cfg["model"], "vocab_size": last["vocab_size"]}))
+    frozen = sum(p.numel() for p in tiny.text.bert.embeddings.parameters())
+    last_gate = sum(p.numel() for p in tiny.fusions[3].gate.parameters())  # never has a gradient (as official)
+    stepped = sum(s["exp_avg"].numel() for s in last["optimizer"]["state"].values())
+    assert stepped == sum(p.numel() for p in tiny.parameters()) - frozen - last_gate
