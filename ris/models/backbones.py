@@ -69,6 +69,8 @@ class OfficialSwinBlock(SwinTransformerBlock):
     built with timm's ``always_partition`` (the window is never shrunk to a small map, and odd blocks always
     shift by half a window: official semantics, where timm would use a smaller window without shift) and
     ``dynamic_mask`` (the mask is built per forward from the padded size, so any input size works).
+    Patch merging needs no change: timm pads an odd map at the bottom/right and concatenates the 2x2
+    neighbours in the official order; :func:`official_swin` adds the official patch-embedding padding.
     """
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,4 +172,3 @@ def darknet53(size: str, image_size: int, pretrained: bool = False) -> StagedBac
     stages = [m.stages[i] for i in range(1, 5)]
     channels = [int(m.feature_info[i]["num_chs"]) for i in range(2, 6)]
     return StagedBackbone(stem, stages, channels, nhwc=False)
-
