@@ -65,6 +65,31 @@ def validate(config: dict, schema_path: Path, source: str = "config.yaml") -> No
                     f"{source}: field tables.{tname}.datasets.{d}: split(s) {', '.join(missing)} are not among "
                     f"the splits of dataset {real!r} ({', '.join(config['datasets'][real]['splits'])})"
                 )
+    _validate_stats(config, source)
+
+
+def _validate_stats(config: dict, source: str) -> None:
+    """The ``stats:`` section names a declared table, and its comparisons name runs of that table."""
+    st = config.get("stats")
+    if not st:
+        return
+    if st["table"] not in config["tables"]:
+        raise ConfigError(
+            f"{source}: field stats.table: {st['table']!r} is not a table under tables ({', '.join(config['tables'])})"
+        )
+    runs = [(r["method"], r["backbone"], int(r.get("num_masks", 0))) for r in config["tables"][st["table"]]["runs"]]
+    for i, pair in enumerate(st.get("comparisons", [])):
+        for side in ("a", "b"):
+            r = pair[side]
+            if (r["method"], r["backbone"], int(r.get("num_masks", 0))) not in runs:
+                raise ConfigError(
+                    f"{source}: field stats.comparisons.{i}.{side}: {r} is not a run of table {st['table']!r}"
+                )
+
+
+def stats_config(config: dict) -> dict:
+    """``config`` with the ``stats:`` section's seeds: the runs the ``stats`` target trains and evaluates."""
+    return {**config, "seeds": list(config["stats"]["seeds"])}
 
 
 def preset(config: dict) -> dict:

@@ -14,8 +14,11 @@ papers print it:
 * columns: one per metric when the table has one dataset split (CoupAlign suppl. Tables 1-3); one per
   dataset split, in one block per metric, when it has several (the main comparison).
 
-Reproduced numbers are the mean over seeds (``mean ± std`` with several seeds); a run without a
-metrics.json shows as ``missing``, a number the paper did not print as ``-``; nothing becomes zero.
+Reproduced numbers are the mean over seeds (``mean ± std [95% CI]`` with several seeds, a Student-t
+interval); a run without a metrics.json shows as ``missing``, a number the paper did not print as ``-``;
+nothing becomes zero. A spec's ``comparisons`` (the ``stats:`` section of config.yaml, :func:`stats_spec`)
+add a paired bootstrap over samples of the difference between two trained runs on each split
+(:mod:`ris.stats`), printed under the table and as ``paired bootstrap`` rows of the CSV.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from ris.published import (
     method_display,
     published_for,
 )
+from ris.stats import paired_bootstrap, seed_interval
 from ris.utils import atomic_path
 
 REPRODUCED, PUBLISHED, DIFFERENCE, CITED = "reproduced", "published", "difference", "published (cited)"
+PAIRED = "paired bootstrap"  # CSV rows of a comparison: Δ = a - b with its bootstrap CI and p-value
 NUMBERS_LABEL = {REPRODUCED: "reproduced", PUBLISHED: "published", DIFFERENCE: "Δ", CITED: "published (cited)"}
 LABEL_FIELDS = {"method": "Method", "backbone": "Backbone", "num_masks": "N"}
 MISSING = "missing"  # a reproduced number whose run has no metrics.json
@@ -59,10 +64,14 @@ LONG_COLUMNS = [
     "metric",
     "value",
     "std",
+    "ci95_low",  # reproduced: Student-t 95% CI of the mean over seeds; paired bootstrap: percentile CI of Δ
+    "ci95_high",
     "seeds",
     "seeds_expected",
     "status",
     "source",
+    "versus",  # paired bootstrap rows: the run subtracted (b of Δ = a - b)
+    "p_value",  # paired bootstrap rows: two-sided p-value of Δ = 0
 ]
 
 
@@ -120,6 +129,24 @@ def table_spec(config: dict, name: str) -> dict[str, Any]:
     }
 
 
+def stats_spec(config: dict) -> dict[str, Any]:
+    """Spec of the ``stats:`` section's table: that table with the section's seeds, comparisons, bootstrap.
+
+    ``config`` has passed :func:`ris.config.validate` (so the table and the compared runs exist).
+    """
+    from ris.config import stats_config
+
+    st = config["stats"]
+    spec = table_spec(stats_config(config), st["table"])
+    spec["comparisons"] = [
+        {side: {**pair[side], "num_masks": int(pair[side].get("num_masks", 0))} for side in ("a", "b")}
+        for pair in st.get("comparisons", [])
+    ]
+    bootstrap = st.get("bootstrap") or {}
+    spec["bootstrap"] = {"resamples": int(bootstrap.get("resamples", 10_000)), "seed": int(bootstrap.get("seed", 0))}
+    return spec
+
+
 def spec_datasets(spec: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """(dataset, splits) of a table's columns, in order (``datasets`` as pairs, or a mapping)."""
     ds = spec["datasets"]
@@ -141,17 +168,20 @@ def _columns(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(d, s, m) for d, splits in spec_datasets(spec) for s in splits for m in spec["metrics"]]
 
 
-def _aggregate(reproduced: pd.DataFrame) -> dict[tuple, tuple[float, float, int]]:
-    """(dataset, method, backbone, num_masks, split, metric) -> (mean, std, seeds) over seeds."""
+def _aggregate(reproduced: pd.DataFrame) -> dict[tuple, tuple[float, float, int, float, float]]:
+    """(dataset, method, backbone, num_masks, split, metric) -> (mean, std, seeds, ci95_low, ci95_high).
+
+    std is 0 and the CI NaN with one seed.
+    """
     if reproduced is None or reproduced.empty:
         return {}
     df = reproduced.drop_duplicates(["dataset", "method", "backbone", "num_masks", "split", "metric", "seed"])
     g = df.groupby(["dataset", "method", "backbone", "num_masks", "split", "metric"], sort=False)["value"]
-    agg = g.agg(["mean", "std", "count"])
-    return {
-        (d, m, b, int(n), s, k): (float(r["mean"]), float(r["std"]) if r["count"] > 1 else 0.0, int(r["count"]))
-        for (d, m, b, n, s, k), r in agg.iterrows()
-    }
+    out = {}
+    for (d, m, b, n, s, k), values in g:
+        iv = seed_interval(values.to_numpy())
+        out[(d, m, b, int(n), s, k)] = (iv.mean, iv.std if iv.n > 1 else 0.0, iv.n, iv.ci_low, iv.ci_high)
+    return out
 
 
 def build_table(
@@ -205,8 +235,9 @@ def build_table(
             key = (spec["dataset_used"].get(d, d), r["method"], r["backbone"], r["num_masks"], s, m)
             rec = base(r, REPRODUCED, d, s, m) | {"seeds_expected": n_seeds}
             if key in agg:
-                mean, std, count = agg[key]
-                rec |= {"value": mean, "std": std, "seeds": count, "status": "ok" if count >= n_seeds else "partial"}
+                mean, std, count, low, high = agg[key]
+                rec |= {"value": mean, "std": std, "ci95_low": low, "ci95_high": high, "seeds": count}
+                rec["status"] = "ok" if count >= n_seeds else "partial"
             else:
                 rec |= {"seeds": 0, "status": MISSING}
             records.append(rec)
@@ -225,6 +256,96 @@ def build_table(
     df["seeds"] = df["seeds"].astype("Int64")
     df["seeds_expected"] = df["seeds_expected"].astype("Int64")
     return df
+
+
+def _run_name(run: dict[str, Any]) -> str:
+    return f"{run['method']}-{run['backbone']}-n{run['num_masks']}"
+
+
+def build_comparisons(spec: dict[str, Any], metric_files: list[Path]) -> pd.DataFrame:
+    """``PAIRED`` rows (columns ``LONG_COLUMNS``): Δ = a - b of each of ``spec["comparisons"]``, per split and metric.
+
+    Per-sample counts come from the ``samples.csv`` beside each ``metrics.json`` of ``metric_files`` (every
+    seed of a run is used); a comparison whose runs are not both evaluated is a ``missing`` row.
+    """
+    from ris.utils import read_json
+
+    by_run: dict[tuple, dict[int, Path]] = {}  # (dataset, method, backbone, N, split) -> seed -> samples.csv
+    for path in map(Path, metric_files):
+        if not path.exists():
+            continue
+        r = read_json(path)
+        csv = path.with_name("samples.csv")
+        if not csv.exists():
+            raise FileNotFoundError(f"{csv}: missing beside {path.name} (the paired bootstrap needs per-sample IoUs)")
+        by_run.setdefault((r["dataset"], r["method"], r["backbone"], int(r["num_masks"]), r["split"]), {})[
+            int(r["seed"])
+        ] = csv
+    boot = spec.get("bootstrap") or {}
+    resamples, seed = int(boot.get("resamples", 10_000)), int(boot.get("seed", 0))
+    first_row = len(spec["cited"]) + len(spec["runs"])  # after every laid-out row: never taken for one
+    records: list[dict[str, Any]] = []
+    cache: dict[tuple, list] = {}
+    for k, pair in enumerate(spec.get("comparisons", [])):
+        a, b = pair["a"], pair["b"]
+        what = f"paired bootstrap: {row_name(spec, a)} - {row_name(spec, b)}"
+        for d, splits in spec_datasets(spec):
+            used = spec["dataset_used"].get(d, d)
+            for s in splits:
+                files = [by_run.get((used, r["method"], r["backbone"], r["num_masks"], s), {}) for r in (a, b)]
+                base = {
+                    "table": spec["name"], "row": first_row + k, "method": method_display(a["method"]),
+                    "method_key": a["method"], "backbone": a["backbone"], "num_masks": a["num_masks"],
+                    "numbers": PAIRED, "dataset": d, "dataset_used": used, "split": s,
+                    "seeds_expected": len(spec["seeds"]), "versus": _run_name(b),
+                }  # fmt: skip
+                if not all(files):
+                    records += [
+                        base | {"metric": m, "seeds": 0, "status": MISSING, "source": what} for m in spec["metrics"]
+                    ]
+                    continue
+                key = (used, s, _run_name(a), _run_name(b))
+                if key not in cache:
+                    tables = [[pd.read_csv(f[x]) for x in sorted(f)] for f in files]
+                    cache[key] = paired_bootstrap(*tables, metrics=spec["metrics"], resamples=resamples, seed=seed)
+                for res in cache[key]:
+                    complete = min(res.seeds_a, res.seeds_b) >= len(spec["seeds"])
+                    records.append(
+                        base | {
+                            "metric": res.metric, "value": res.delta, "ci95_low": res.ci_low, "ci95_high": res.ci_high,
+                            "p_value": res.p_value, "seeds": min(res.seeds_a, res.seeds_b),
+                            "status": "ok" if complete else "partial",
+                            "source": f"{what}, {res.samples} samples, seeds {res.seeds_a} vs {res.seeds_b}, "
+                            f"{res.resamples} resamples",
+                        }
+                    )  # fmt: skip
+    df = pd.DataFrame.from_records(records, columns=LONG_COLUMNS)
+    df["seeds"] = df["seeds"].astype("Int64")
+    df["seeds_expected"] = df["seeds_expected"].astype("Int64")
+    return df
+
+
+def comparison_lines(df: pd.DataFrame) -> list[str]:
+    """One line per (comparison, dataset split) of the ``PAIRED`` rows, as printed under a table."""
+    paired = df[df["numbers"] == PAIRED]
+    if paired.empty:
+        return []
+    lines = [
+        "Paired bootstrap over samples: Δ = first run - second run on the same samples, each the mean over its "
+        "seeds; [95% percentile CI]; p: two-sided p-value of Δ = 0 (test-set sampling only; ris/stats.py)."
+    ]
+    for (_, d, s), g in paired.groupby(["row", "dataset", "split"], sort=False):
+        head = f"{g['source'].iloc[0]} ({dataset_display(str(d))} {s})"
+        if (g["status"] == MISSING).any():
+            lines.append(f"{head}: {MISSING} (a run is not evaluated).")
+            continue
+        parts = [
+            f"{x.metric} Δ = {x.value:+.2f} [{x.ci95_low:+.2f}, {x.ci95_high:+.2f}], "
+            + (f"p = {x.p_value:.3f}" if x.p_value >= 0.001 else "p < 0.001")
+            for x in g.itertuples()
+        ]
+        lines.append(f"{head}: {'; '.join(parts)}.")
+    return lines
 
 
 def check_cited(spec: dict[str, Any], published: pd.DataFrame) -> None:
@@ -353,7 +474,10 @@ def layout(df: pd.DataFrame, spec: dict[str, Any]) -> Layout:
     if any(r.numbers == NUMBERS_LABEL[DIFFERENCE] for r in lay.rows):
         lay.footnotes.append("Δ: reproduced minus published.")
     if len(spec["seeds"]) > 1:
-        lay.footnotes.append(f"Reproduced: mean ± std over {len(spec['seeds'])} seeds.")
+        lay.footnotes.append(
+            f"Reproduced: mean ± std over {len(spec['seeds'])} seeds [95% confidence interval of the mean, Student t]."
+        )
+    lay.footnotes += comparison_lines(df)  # last: under everything else
     return lay
 
 
@@ -364,7 +488,7 @@ def format_cell(cell: dict[str, Any] | None, kind: str, pm: str = "±") -> str:
             return MISSING
         text = f"{cell['value']:.2f}"
         if cell["seeds_expected"] > 1 and cell["seeds"] > 1:
-            text += f" {pm} {cell['std']:.2f}"
+            text += f" {pm} {cell['std']:.2f} [{cell['ci95_low']:.2f}, {cell['ci95_high']:.2f}]"
         if cell["seeds"] < cell["seeds_expected"]:
             text += f" ({cell['seeds']}/{cell['seeds_expected']} seeds)"
         return text
@@ -547,6 +671,8 @@ def write_tables(
     facts = load_published(published)
     check_cited(spec, facts)
     df = build_table(spec, reproduced, facts)
+    if spec.get("comparisons"):
+        df = pd.concat([df, build_comparisons(spec, existing)], ignore_index=True)
     if outputs is None:
         if out_dir is None:
             raise ValueError("give out_dir or outputs")

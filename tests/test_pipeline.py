@@ -45,6 +45,8 @@ def make_workdir(tmp_path: Path, tables: dict | None = None, scale_train: dict |
     cfg["synthetic"].update(TINY["synthetic"])
     cfg["scales"]["demo"]["train"].update(scale_train or TINY["train"])
     cfg["tables"] = tables or SMALL_TABLE
+    if (cfg.get("stats") or {}).get("table") not in cfg["tables"]:
+        cfg.pop("stats", None)  # it names a table of the full config
     (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return work
 

@@ -199,7 +199,9 @@ def test_seeds_give_mean_and_std_and_missing_runs_show_as_missing(tmp_path):
     lavt = df[(df.method == "LAVT") & (df.numbers == "reproduced") & (df.split == "val") & (df.metric == "oIoU")]
     assert lavt["value"].item() == pytest.approx(40.25)  # seeds 0 and 1: 40.0 and 40.5
     assert lavt["std"].item() == pytest.approx(0.353553, abs=1e-5)
-    assert "| LAVT | Swin-B | reproduced | 40.25 ± 0.35 | 42.25 ± 0.35 |" in md
+    # 95% CI of the mean of 2 seeds: 40.25 ± t(0.975, 1) 12.706 x 0.354 / sqrt(2)
+    assert (lavt["ci95_low"].item(), lavt["ci95_high"].item()) == pytest.approx((37.0734, 43.4266), abs=1e-4)
+    assert "| LAVT | Swin-B | reproduced | 40.25 ± 0.35 [37.07, 43.43] | 42.25 ± 0.35 [39.07, 45.43] |" in md
     assert "47.00 ± 0.00" not in md and "| 47.00 (1/2 seeds) |" in md  # coupalign: one seed only
     eavl = df[(df.method == "EAVL") & (df.numbers == "reproduced")]
     assert (eavl["status"] == "missing").all() and eavl["value"].isna().all()
