@@ -117,13 +117,15 @@ def swin_b(size: str, image_size: int, pretrained: bool = False, **arch: Any) ->
     """Swin-B with the official (LAVT) window semantics (:class:`OfficialSwinBlock`); see :data:`SWIN_SIZES`.
 
     ``arch`` (``embed_dim``, ``depths``, ``num_heads``, ``window_size``) overrides the size's architecture,
-    e.g. to rebuild an imported checkpoint of another Swin; ImageNet weights only load for the full size.
+    e.g. to rebuild an imported checkpoint of another Swin; ImageNet weights only load for the full size:
+    ``swin_base_patch4_window12_384_22k.pth``, the file LAVT's README starts from (timm tag ``ms_in22k``).
     """
     _check_size(size)
     kw = {**SWIN_SIZES[size], **arch}
     m = timm.create_model(
-        "swin_base_patch4_window12_384",
+        "swin_base_patch4_window12_384.ms_in22k",  # LAVT's weights: ImageNet-22k, no 1k fine-tuning
         pretrained=pretrained and size == "full",
+        num_classes=0,  # no classifier head (nor its ImageNet weights)
         img_size=image_size,
         always_partition=True,
         strict_img_size=False,
