@@ -40,6 +40,7 @@ TRAIN = {
     "max_steps_per_epoch": 3,
     "checkpoint_every_steps": 2,
     "log_every_steps": 1,
+    "keep_work": True,  # these tests compare the final resume states (work/last.pt); tests/test_lean_results.py not
     "device": "cpu",
     "precision": "auto",
     "channels_last": False,

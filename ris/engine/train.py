@@ -7,8 +7,13 @@ Layout of a run directory::
     work/best.pt         best model by validation oIoU
     work/history.jsonl   one JSON line of metrics per epoch
     work/preempted.json  written when a signal stopped the run (the launcher's cue for exit status 75)
-    model.pt             published copy of work/best.pt when training completes (the Snakemake output)
+    model.pt             published copy of work/best.pt when training completes (the Snakemake output):
+                         weights, run config, vocabulary (or the pretrained tokenizer's name); no optimizer
     history.jsonl        published copy of work/history.jsonl
+
+Once ``model.pt`` and ``history.jsonl`` are published, ``work/`` is deleted (``last.pt`` alone is ~3x the
+weights; ``train.keep_work: true`` keeps it). A failed, killed or preempted run never gets there, so its
+``work/`` stays and the next attempt resumes from it.
 
 Devices: ``train.device`` (``auto``: CUDA when present, else CPU), ``train.precision`` (``auto``: bf16
 autocast on CUDA, fp32 on CPU; ``fp16`` adds a grad scaler), ``train.channels_last``. One code path:
@@ -38,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -548,17 +554,30 @@ class _Run:
             return summary
         with atomic_path(self.out_dir / "model.pt") as tmp:
             shutil.copyfile(self.work / "best.pt", tmp)
+            with tmp.open("rb") as f:  # on disk before the resume state that could rebuild it is deleted
+                os.fsync(f.fileno())
         write_jsonl(self.out_dir / "history.jsonl", self.history)
         if self.tracker:
             self.tracker.log_artifact(self.out_dir / "config.json")
             self.tracker.log_artifact(self.out_dir / "history.jsonl")
             self.tracker.log_metrics({"best_val_oIoU": self.best})
+        if not self.tcfg.get("keep_work", False):  # lean results: the run is complete, its resume state served
+            shutil.rmtree(self.work)
         return summary
 
 
 # Settings that change how, not what, a run trains: resuming with other values is expected (e.g. more GPUs).
 ENGINE_KEYS = frozenset(
-    {"device", "precision", "channels_last", "gpus", "num_workers", "checkpoint_every_steps", "log_every_steps"}
+    {
+        "device",
+        "precision",
+        "channels_last",
+        "gpus",
+        "num_workers",
+        "checkpoint_every_steps",
+        "log_every_steps",
+        "keep_work",
+    }
 )
 
 
