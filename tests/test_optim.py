@@ -88,7 +88,9 @@ def test_poly_decay_per_iteration():
 
 def test_training_with_the_official_recipe(prepared_tiny, store, tmp_path):
     """`train.optimizer: lavt_official` reaches the training loop: three groups, BERT's embeddings untouched."""
-    cfg = test_engine.make_config(prepared_tiny, store, optimizer="lavt_official", epochs=1, max_steps_per_epoch=2)
+    cfg = test_engine.make_config(
+        prepared_tiny, store, optimizer="lavt_official", epochs=1, max_steps_per_epoch=2, keep_work=True
+    )
     test_engine.train_here(cfg, tmp_path / "run")
     last = torch.load(tmp_path / "run" / "work" / "last.pt", weights_only=True)
     groups = last["optimizer"]["param_groups"]
