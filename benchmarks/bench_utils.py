@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+BERT_VOCAB = 30522  # bert-base-uncased
+
 
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
@@ -39,3 +42,18 @@ def markdown(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def paper_model_config(method: str, backbone: str, image_size: int = 480, num_masks: int = 0):
+    """The paper preset's ``ModelConfig`` of a run (options from config.yaml), random init, BERT-base vocabulary.
+
+    Random init: nothing is downloaded, and a step costs the same as with the pretrained weights.
+    """
+    from ris.config import RunKey, load_yaml, run_config
+    from ris.models import ModelConfig
+
+    config = load_yaml(REPO / "config.yaml")
+    config["scale"] = "paper"
+    model = run_config(config, RunKey("refcoco", method, backbone, num_masks, 0))["model"]
+    model.update(image_size=image_size, vocab_size=BERT_VOCAB, pretrained_backbone=False, pretrained_text=None)
+    return ModelConfig.from_dict(model)

@@ -1,53 +1,177 @@
-"""Forward+backward time per training step of every method x backbone at demo (tiny) size, on CPU.
+"""Training step time and peak memory of every method x backbone, at demo (tiny) or paper size.
 
-Usage: python benchmarks/step_time.py [--image 128] [--batch 8] [--threads 1] [--steps 5]
-Prints one JSON line per (method, backbone, N): median seconds per step and parameter count.
+Usage (from the repository root)::
+
+    python benchmarks/step_time.py [--image 128] [--batch 8] [--threads 1] [--steps 5]   # demo size
+    python benchmarks/step_time.py --paper [--methods lavt] [--backbones swin_b] [--batch 2]
+
+``--paper``: the paper preset's networks (full-size backbone and BERT-base, random init: nothing is
+downloaded and a step costs the same), 480x480, 20 tokens, batch 2 (``--batch``), each method's options
+from ``config.yaml``, AdamW; on CUDA with the preset's bf16 autocast and channels_last, as ``ris train``
+runs it (``--precision``, ``--channels-last`` override). One warm-up step (it also allocates AdamW's state,
+so the timed steps see the training peak), then ``--steps`` timed steps; the best is reported.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` of the step; on the CPU each combination runs in
+a fresh forked process whose peak RSS (``ru_maxrss``) is reported, with the RSS of the process before the
+model was built shown beside it (Python, torch and the imports). Prints a Markdown table (and one JSON
+line per combination with ``--json``). On a 2-core CPU a paper-size Swin-B step takes minutes: pick
+combinations with ``--methods``/``--backbones``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import statistics
+import multiprocessing
+import os
+import resource
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from ris.models import BACKBONES, METHODS, ModelConfig, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import machine, markdown, paper_model_config  # noqa: E402  (a sibling script, not a package)
+
+from ris.models import BACKBONES, METHODS, ModelConfig, build_model  # noqa: E402
+
+
+def model_config(a: argparse.Namespace, method: str, backbone: str) -> ModelConfig:
+    """The model of one combination: the paper preset's (options from config.yaml), or a tiny demo-size one."""
+    n = a.num_masks if method == "coupalign" else 0
+    if not a.paper:
+        return ModelConfig(method, backbone, image_size=a.image, vocab_size=60, num_masks=n)
+    return paper_model_config(method, backbone, a.image, n)
+
+
+def rss_gib() -> float:
+    """Peak resident set size of this process so far, GiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
+
+
+def measure(a: argparse.Namespace, method: str, backbone: str, device: torch.device) -> dict[str, Any]:
+    """Build one model and time ``1 + a.steps`` AdamW steps on random data; peak memory of the timed steps."""
+    torch.manual_seed(0)
+    base_rss = rss_gib()
+    cfg = model_config(a, method, backbone)
+    model = build_model(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
+    b, size = a.batch, a.image
+    x = torch.randn(b, 3, size, size, device=device)
+    if a.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ids = torch.randint(5, cfg.vocab_size, (b, a.tokens), device=device)
+    am = torch.ones_like(ids)
+    target = (torch.rand(b, size, size, device=device) > 0.9).to(torch.uint8)
+    amp = a.precision != "fp32"
+    dtype = torch.bfloat16 if a.precision == "bf16" else torch.float16
+    times = []
+    for i in range(a.steps + 1):
+        if i == 1 and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            loss = model.loss(model(x, ids, am), target)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    step = min(times[1:])
+    out = {
+        "method": method, "backbone": backbone, "num_masks": cfg.num_masks, "size": cfg.size, "image": size,
+        "batch": b, "device": device.type, "precision": a.precision, "threads": torch.get_num_threads(),
+        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+        "first_step_s": round(times[0], 3), "step_s": round(step, 3), "images_per_s": round(b / step, 4),
+    }  # fmt: skip
+    if device.type == "cuda":
+        out["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
+    else:
+        out["peak_gib"] = round(rss_gib(), 2)
+        out["base_rss_gib"] = round(base_rss, 2)
+    return out
+
+
+def _child(a: argparse.Namespace, method: str, backbone: str, conn) -> None:
+    try:
+        conn.send(measure(a, method, backbone, torch.device("cpu")))
+    except BaseException as e:  # noqa: BLE001  (reported as a failed row)
+        conn.send({"method": method, "backbone": backbone, "error": f"{type(e).__name__}: {e}"[:300]})
+
+
+def run(a: argparse.Namespace, method: str, backbone: str, device: torch.device) -> dict[str, Any]:
+    """One combination: in a fresh forked process on the CPU (its own peak RSS), in this one on CUDA."""
+    if device.type == "cuda":
+        try:
+            return measure(a, method, backbone, device)
+        except torch.OutOfMemoryError as e:
+            return {"method": method, "backbone": backbone, "error": f"out of memory: {e}"[:300]}
+        finally:
+            torch.cuda.empty_cache()
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(a, method, backbone, send))
+    child.start()
+    send.close()
+    result = {"method": method, "backbone": backbone, "error": "the process died (out of memory?)"}
+    with contextlib.suppress(EOFError):
+        result = recv.recv()
+    child.join()
+    return result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--image", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=5)
+    ap = argparse.ArgumentParser(description="Training step time and peak memory per method x backbone.")
+    ap.add_argument("--paper", action="store_true", help="paper size: full networks, 480 px, batch 2")
+    ap.add_argument("--image", type=int, default=None, help="image size (demo 128, paper 480)")
+    ap.add_argument("--batch", type=int, default=None, help="images per step (demo 8, paper 2)")
+    ap.add_argument("--tokens", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: demo 1, paper all CPUs)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps after the warm-up (demo 5, paper 1)")
     ap.add_argument("--methods", nargs="*", default=sorted(METHODS))
     ap.add_argument("--backbones", nargs="*", default=sorted(BACKBONES))
-    ap.add_argument("--num-masks", type=int, default=100)
+    ap.add_argument("--num-masks", type=int, default=100, help="CoupAlign's N (the paper's best: 100)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on the CPU) | fp32 | bf16")
+    ap.add_argument("--channels-last", default=None, action=argparse.BooleanOptionalAction,
+                    help="NHWC images (default: on at paper size, as the preset)")  # fmt: skip
+    ap.add_argument("--json", action="store_true", help="also print one JSON line per combination")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
+    a.image = a.image or (480 if a.paper else 128)
+    a.batch = a.batch or (2 if a.paper else 8)
+    a.steps = a.steps or (1 if a.paper else 5)
+    a.channels_last = a.paper if a.channels_last is None else a.channels_last
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if a.device == "auto" else a.device))  # fmt: skip
+    if a.precision == "auto":
+        a.precision = "bf16" if device.type == "cuda" else "fp32"
+    torch.set_num_threads(a.threads or (os.cpu_count() or 1 if a.paper else 1))
+    unit = "GPU memory allocated" if device.type == "cuda" else "peak RSS"
+    print(f"# step time at {a.image}x{a.image}, batch {a.batch}, {a.precision}, "
+          f"{'full' if a.paper else 'tiny'} networks, on {device.type}: {machine(device)}", flush=True)  # fmt: skip
+    rows = []
     for method in a.methods:
         for backbone in a.backbones:
-            n = a.num_masks if method == "coupalign" else 0
-            model = build_model(ModelConfig(method, backbone, image_size=a.image, vocab_size=60, num_masks=n))
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            x = torch.randn(a.batch, 3, a.image, a.image)
-            ids = torch.randint(5, 60, (a.batch, 20))
-            am = torch.ones_like(ids)
-            target = (torch.rand(a.batch, a.image, a.image) > 0.9).long()
-            times = []
-            for _ in range(a.steps + 1):
-                t = time.perf_counter()
-                loss = model.loss(model(x, ids, am), target)["loss"]
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                times.append(time.perf_counter() - t)
-            print(json.dumps({"method": method, "backbone": backbone, "num_masks": n, "image": a.image,
-                              "batch": a.batch, "threads": a.threads, "step_s": round(statistics.median(times[1:]), 3),
-                              "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}), flush=True)
+            r = run(a, method, backbone, device)
+            if a.json or "error" in r:
+                print(json.dumps(r), flush=True)
+            if "error" in r:
+                rows.append([method, backbone, "", "", "failed", "", r["error"][:60]])
+                continue
+            mem = f"{r['peak_gib']:.2f}" + (f" (base {r['base_rss_gib']:.2f})" if "base_rss_gib" in r else "")
+            rows.append([method, backbone, r["num_masks"], r["params_M"], f"{r['step_s']:.3f}",
+                         f"{r['images_per_s']:.3g}", mem])  # fmt: skip
+            print(f"# {method} {backbone}: {r['step_s']:.3f} s/step, {mem} GiB", file=sys.stderr, flush=True)
+    print()
+    print(markdown(["method", "backbone", "N", "params (M)", "step (s)", "images/s", f"{unit} (GiB)"], rows))
 
 
 if __name__ == "__main__":

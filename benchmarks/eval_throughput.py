@@ -1,0 +1,101 @@
+"""Evaluation throughput at paper size: samples/s of ``ris evaluate``'s loop with a paper-size model at 480 px.
+
+The loop is the real one (:func:`ris.engine.evaluate.run_inference`: ``ReferSplit`` items through a
+DataLoader, ``model.predict``, per-sample intersection/union, predictions encoded as RLE) over a prepared
+split generated as in ``benchmarks/data_path.py`` (COCO-like JPEGs, ``ris prepare``). The model is the paper
+preset's (LAVT with Swin-B and BERT-base by default), random init: the cost is the same as trained weights.
+
+Defaults follow the pipeline's ``evaluate`` rule: the CPU, one thread, batch 16 (``ris evaluate``'s
+default), fp32. ``--device cuda`` (or ``auto`` on a GPU machine) times the same loop on the GPU
+(``--precision bf16`` for autocast). Prints samples/s, seconds per sample and, from them, the hours one
+RefCOCO val split (10,834 sentences, the largest evaluated split) takes, beside the rule's 8 h limit.
+
+Run (from the repository root)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_throughput.py --samples 8 --batch 4   # minutes on a CPU
+    .venv/bin/python benchmarks/eval_throughput.py --device cuda --samples 512 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import machine, markdown, paper_model_config  # noqa: E402  (sibling scripts, not a package)
+from data_path import build_split, tokenizer  # noqa: E402
+
+from ris.data.dataset import ReferSplit  # noqa: E402
+from ris.data.tokenizer import build_vocab, load_tokenizer  # noqa: E402
+from ris.engine.evaluate import run_inference  # noqa: E402
+from ris.models import build_model  # noqa: E402
+
+REFCOCO_VAL_SENTENCES = 10834  # RefCOCO (UNC) val: sentences = evaluation samples
+RULE_LIMIT_H = 8.0  # workflow/profiles/slurm/config.yaml: evaluate runtime 480 minutes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="lavt")
+    ap.add_argument("--backbone", default="swin_b")
+    ap.add_argument("--num-masks", type=int, default=100, help="CoupAlign's N")
+    ap.add_argument("--image", type=int, default=480)
+    ap.add_argument("--samples", type=int, default=8, help="evaluation samples timed (after one warm-up batch)")
+    ap.add_argument("--batch", type=int, default=16, help="ris evaluate --batch-size (default 16)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the evaluate rule: 1)")
+    ap.add_argument("--device", default="cpu", help="cpu (the evaluate rule) | cuda | auto")
+    ap.add_argument("--precision", default="fp32", help="fp32 (ris evaluate) | bf16 (autocast)")
+    a = ap.parse_args()
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if a.device == "auto" else a.device))  # fmt: skip
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    print(f"# evaluation at {a.image}x{a.image}, {a.method} {a.backbone} (paper size), batch {a.batch}, "
+          f"{a.precision}, on {device.type}: {machine(device)}", flush=True)  # fmt: skip
+
+    work = Path(tempfile.mkdtemp(prefix="ris_eval_bench_"))
+    try:
+        table, images_dir, _ = build_split(work, max(4, (a.samples + a.batch) // 6 + 2), seed=0)
+        tok = tokenizer() or load_tokenizer(None, build_vocab(table["sentence"]))
+        split = ReferSplit(table, images_dir, a.image, tok, 20)
+        n = min(a.samples, len(split) - a.batch)
+        n_masks = a.num_masks if a.method == "coupalign" else 0
+        model = build_model(paper_model_config(a.method, a.backbone, a.image, n_masks)).to(device)
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
+        warm = DataLoader(Subset(split, range(a.batch)), batch_size=a.batch)
+        timed = DataLoader(Subset(split, range(a.batch, a.batch + n)), batch_size=a.batch)
+        with amp:
+            run_inference(model, warm, device, masks_out=[])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            inter, _, _ = run_inference(model, timed, device, masks_out=[])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall = time.perf_counter() - t
+        assert len(inter) == n
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rate = n / wall
+    hours = REFCOCO_VAL_SENTENCES / rate / 3600
+    print()
+    print(markdown(
+        ["model", "device", "threads", "batch", "samples", "samples/s", "s/sample", "RefCOCO val (h)",
+         f"fits the rule's {RULE_LIMIT_H:.0f} h"],
+        [[f"{a.method} {a.backbone}", device.type + ("" if device.type == "cpu" else f" {a.precision}"),
+          torch.get_num_threads(), a.batch, n, f"{rate:.3f}", f"{1 / rate:.2f}", f"{hours:.1f}",
+          "yes" if hours <= RULE_LIMIT_H else "no"]],
+    ))  # fmt: skip
+    print(f"\nload average {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
