@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 SAMPLE_KEY = ["ref_id", "sent_id"]  # one evaluation sample of samples.csv
+SAMPLE_COLUMNS = [*SAMPLE_KEY, "intersection", "union"]  # what the bootstrap reads of samples.csv
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def paired_bootstrap(
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     tables = [*a, *b]
     for i, df in enumerate(tables):
-        missing = [c for c in [*SAMPLE_KEY, "intersection", "union"] if c not in df.columns]
+        missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
         if missing:
             raise ValueError(f"samples table {i}: missing column(s) {', '.join(missing)}")
         if df.duplicated(SAMPLE_KEY).any():
