@@ -124,3 +124,22 @@ def test_stats_table_prints_seed_intervals_and_the_paired_bootstrap(tmp_path):
     df = write_tables(spec, kept, tmp_path / "partial")
     assert (df.loc[df["numbers"] == PAIRED, "status"] == "missing").all()
     assert "(RefCOCO val): missing (a run is not evaluated)." in (tmp_path / "partial" / "mask_number.md").read_text()
+
+
+def test_stats_section_is_checked_against_the_tables():
+    from ris.config import ConfigError, load_yaml, validate
+    from tests.conftest import REPO
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    cfg = load_yaml(REPO / "config.yaml")
+    validate(cfg, schema)
+    bad = {**cfg, "stats": {**cfg["stats"], "table": "nosuch"}}
+    with pytest.raises(ConfigError, match="field stats.table: 'nosuch' is not a table under tables"):
+        validate(bad, schema)
+    pair = {**cfg["stats"]["comparisons"][0], "a": {"method": "coupalign", "backbone": "swin_b", "num_masks": 7}}
+    bad = {**cfg, "stats": {**cfg["stats"], "comparisons": [pair]}}
+    with pytest.raises(ConfigError, match="field stats.comparisons.0.a: .* is not a run of table 'mask_number'"):
+        validate(bad, schema)
+    bad = {**cfg, "stats": {**cfg["stats"], "seeds": [0]}}  # one seed has no interval
+    with pytest.raises(ConfigError, match="stats.seeds"):
+        validate(bad, schema)
