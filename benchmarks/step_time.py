@@ -8,8 +8,10 @@ Usage (from the repository root)::
 ``--paper``: the paper preset's networks (full-size backbone and BERT-base, random init: nothing is
 downloaded and a step costs the same), 480x480, 20 tokens, batch 2 (``--batch``), each method's options
 from ``config.yaml``, AdamW; on CUDA with the preset's bf16 autocast and channels_last, as ``ris train``
-runs it (``--precision``, ``--channels-last`` override). One warm-up step (it also allocates AdamW's state,
-so the timed steps see the training peak), then ``--steps`` timed steps; the best is reported.
+runs it (``--precision``, ``--channels-last`` override). AdamW's state is allocated before the first step
+(a step on zero gradients), so every step sees the training peak; then ``--warmup`` untimed steps and
+``--steps`` timed ones; the best is reported, in wall seconds and in CPU seconds of the process (all its
+threads: on a shared machine the wall clock also counts the others' work, the CPU time does not).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` of the step; on the CPU each combination runs in
 a fresh forked process whose peak RSS (``ru_maxrss``) is reported, with the RSS of the process before the
@@ -69,13 +71,17 @@ def measure(a: argparse.Namespace, method: str, backbone: str, device: torch.dev
     target = (torch.rand(b, size, size, device=device) > 0.9).to(torch.uint8)
     amp = a.precision != "fp32"
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float16
-    times = []
-    for i in range(a.steps + 1):
-        if i == 1 and device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+    for p in model.parameters():  # AdamW's state now, so that even the first measured step has the training peak
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, cpu_times = [], []
+    for _ in range(a.warmup + a.steps):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         with torch.autocast(device.type, dtype=dtype, enabled=amp):
             loss = model.loss(model(x, ids, am), target)["loss"]
         opt.zero_grad(set_to_none=True)
@@ -84,12 +90,14 @@ def measure(a: argparse.Namespace, method: str, backbone: str, device: torch.dev
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
-    step = min(times[1:])
+        cpu_times.append(time.process_time() - c)
+    step = min(times[a.warmup :])
     out = {
         "method": method, "backbone": backbone, "num_masks": cfg.num_masks, "size": cfg.size, "image": size,
         "batch": b, "device": device.type, "precision": a.precision, "threads": torch.get_num_threads(),
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "first_step_s": round(times[0], 3), "step_s": round(step, 3), "images_per_s": round(b / step, 4),
+        "step_cpu_s": round(min(cpu_times[a.warmup :]), 3), "warmup": a.warmup, "steps": a.steps,
     }  # fmt: skip
     if device.type == "cuda":
         out["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -136,6 +144,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: demo 1, paper all CPUs)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps after the warm-up (demo 5, paper 1)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--methods", nargs="*", default=sorted(METHODS))
     ap.add_argument("--backbones", nargs="*", default=sorted(BACKBONES))
     ap.add_argument("--num-masks", type=int, default=100, help="CoupAlign's N (the paper's best: 100)")
@@ -164,14 +173,15 @@ def main() -> None:
             if a.json or "error" in r:
                 print(json.dumps(r), flush=True)
             if "error" in r:
-                rows.append([method, backbone, "", "", "failed", "", r["error"][:60]])
+                rows.append([method, backbone, "", "", "failed", "", "", r["error"][:60]])
                 continue
             mem = f"{r['peak_gib']:.2f}" + (f" (base {r['base_rss_gib']:.2f})" if "base_rss_gib" in r else "")
-            rows.append([method, backbone, r["num_masks"], r["params_M"], f"{r['step_s']:.3f}",
-                         f"{r['images_per_s']:.3g}", mem])  # fmt: skip
+            rows.append([method, backbone, r["num_masks"], r["params_M"], f"{r['step_s']:.3g}",
+                         f"{r['step_cpu_s']:.3g}", f"{r['images_per_s']:.3g}", mem])  # fmt: skip
             print(f"# {method} {backbone}: {r['step_s']:.3f} s/step, {mem} GiB", file=sys.stderr, flush=True)
     print()
-    print(markdown(["method", "backbone", "N", "params (M)", "step (s)", "images/s", f"{unit} (GiB)"], rows))
+    header = ["method", "backbone", "N", "params (M)", "step (s)", "step (CPU s)", "images/s", f"{unit} (GiB)"]
+    print(markdown(header, rows))
 
 
 if __name__ == "__main__":
