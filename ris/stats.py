@@ -13,7 +13,9 @@ Two questions a table must answer before its numbers mean anything:
   the test-set sampling only; the seed spread is in the first interval.
 
 Metrics are those of ``ris.metrics`` (percentages): ``mIoU`` (mean per-sample IoU), ``oIoU`` (sum of
-intersections / sum of unions), ``P@X`` (share of samples with IoU ≥ X).
+intersections / sum of unions), ``P@X`` (share of samples with IoU ≥ X), and ``RefAcc`` (share of the
+eligible samples whose prediction picks the named object: the ``refers`` column, 1/0, empty when not
+eligible), when the samples tables have that column.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 SAMPLE_KEY = ["ref_id", "sent_id"]  # one evaluation sample of samples.csv
-SAMPLE_COLUMNS = [*SAMPLE_KEY, "intersection", "union"]  # what the bootstrap reads of samples.csv
+SAMPLE_COLUMNS = [*SAMPLE_KEY, "intersection", "union"]  # what the bootstrap needs of samples.csv
+REFERS = "refers"  # optional per-sample referring outcome (1, 0, NaN: not eligible), for RefAcc
 
 
 @dataclass(frozen=True)
@@ -73,11 +76,12 @@ class BootstrapResult:
         return asdict(self)
 
 
-def _metric_from_counts(metric: str, inter: np.ndarray, union: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _metric(metric: str, cols: dict[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
     """``metric`` (percent) of each resample; ``weights[r, i]``: how often sample i is drawn in resample r.
 
-    ``inter``/``union``: (seeds, samples). Returns (resamples,) averaged over the seeds.
+    ``cols``: per-sample columns, each (seeds, samples). Returns (resamples,) averaged over the seeds.
     """
+    inter, union = cols["intersection"], cols["union"]
     iou = np.divide(inter, union, out=np.zeros_like(inter, dtype=float), where=union > 0)
     n = weights.sum(axis=1, keepdims=True)  # (R, 1): samples per resample
     if metric == "oIoU":
@@ -86,8 +90,14 @@ def _metric_from_counts(metric: str, inter: np.ndarray, union: np.ndarray, weigh
         out = (weights @ iou.T) / n
     elif metric.startswith("P@"):
         out = (weights @ (iou >= float(metric[2:])).astype(float).T) / n
+    elif metric == "RefAcc":
+        if REFERS not in cols:
+            raise ValueError(f"RefAcc needs the {REFERS!r} column in every samples table")
+        eligible = ~np.isnan(cols[REFERS])
+        with np.errstate(invalid="ignore", divide="ignore"):  # no eligible sample drawn: NaN
+            out = (weights @ np.nan_to_num(cols[REFERS]).T) / (weights @ eligible.T)
     else:
-        raise ValueError(f"unknown metric {metric!r} for the bootstrap; expected oIoU, mIoU or P@X")
+        raise ValueError(f"unknown metric {metric!r} for the bootstrap; expected oIoU, mIoU, P@X or RefAcc")
     return 100.0 * out.mean(axis=1)
 
 
@@ -103,8 +113,9 @@ def paired_bootstrap(
     """Paired bootstrap of metric(a) - metric(b) over samples, one result per metric.
 
     ``a``, ``b``: per-seed ``samples.csv`` tables of the two methods (columns ``ref_id``, ``sent_id``,
-    ``intersection``, ``union``) on the same split. Every table must hold the same samples (else the
-    comparison is not paired and a ``ValueError`` says which differ). Deterministic for a given ``seed``.
+    ``intersection``, ``union``; ``refers`` for RefAcc) on the same split. Every table must hold the same
+    samples (else the comparison is not paired and a ``ValueError`` says which differ). Deterministic for a
+    given ``seed``.
     """
     if not a or not b:
         raise ValueError("paired_bootstrap needs at least one samples table per method")
@@ -126,15 +137,13 @@ def paired_bootstrap(
                 f"samples table {i} does not hold the same samples as table 0 ({len(d)} vs {len(order)}): "
                 "a paired comparison needs both methods evaluated on the same split"
             )
-        counts.append((d["intersection"].to_numpy(float), d["union"].to_numpy(float)))
+        counts.append(d)
     n = len(order)
-    inter_a, union_a = (np.stack(x) for x in zip(*counts[: len(a)]))
-    inter_b, union_b = (np.stack(x) for x in zip(*counts[len(a) :]))
+    names = ["intersection", "union"] + ([REFERS] if all(REFERS in d.columns for d in counts) else [])
+    col_a = {c: np.stack([d[c].to_numpy(float) for d in counts[: len(a)]]) for c in names}
+    col_b = {c: np.stack([d[c].to_numpy(float) for d in counts[len(a) :]]) for c in names}
     full = np.ones((1, n))
-    observed = {
-        m: float(_metric_from_counts(m, inter_a, union_a, full)[0] - _metric_from_counts(m, inter_b, union_b, full)[0])
-        for m in metrics
-    }
+    observed = {m: float(_metric(m, col_a, full)[0] - _metric(m, col_b, full)[0]) for m in metrics}
     rng = np.random.default_rng(seed)
     deltas: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     for start in range(0, resamples, chunk):
@@ -142,22 +151,25 @@ def paired_bootstrap(
         idx = rng.integers(0, n, size=(r, n))
         weights = np.bincount((idx + n * np.arange(r)[:, None]).ravel(), minlength=r * n).reshape(r, n).astype(float)
         for m in metrics:
-            deltas[m].append(
-                _metric_from_counts(m, inter_a, union_a, weights) - _metric_from_counts(m, inter_b, union_b, weights)
-            )
+            deltas[m].append(_metric(m, col_a, weights) - _metric(m, col_b, weights))
     alpha = 1 - confidence
     results = []
     for m in metrics:
         d = np.concatenate(deltas[m])
-        extreme = int(np.sum(np.abs(d - observed[m]) >= abs(observed[m]) - 1e-12))
-        low, high = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+        d = d[np.isfinite(d)]  # RefAcc: a resample may draw no eligible sample
+        if math.isfinite(observed[m]) and d.size:
+            extreme = int(np.sum(np.abs(d - observed[m]) >= abs(observed[m]) - 1e-12))
+            low, high = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+            p_value = (1 + extreme) / (1 + d.size)
+        else:  # the metric is undefined on these samples (RefAcc with no eligible sample)
+            low = high = p_value = math.nan
         results.append(
             BootstrapResult(
                 metric=m,
                 delta=observed[m],
                 ci_low=float(low),
                 ci_high=float(high),
-                p_value=(1 + extreme) / (1 + resamples),
+                p_value=p_value,
                 samples=n,
                 seeds_a=len(a),
                 seeds_b=len(b),

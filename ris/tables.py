@@ -40,7 +40,7 @@ from ris.published import (
     method_display,
     published_for,
 )
-from ris.stats import SAMPLE_COLUMNS, paired_bootstrap, seed_interval
+from ris.stats import REFERS, SAMPLE_COLUMNS, paired_bootstrap, seed_interval
 from ris.utils import atomic_path
 
 REPRODUCED, PUBLISHED, DIFFERENCE, CITED = "reproduced", "published", "difference", "published (cited)"
@@ -263,12 +263,12 @@ def _run_name(run: dict[str, Any]) -> str:
 
 
 def _read_samples(path: Path) -> pd.DataFrame:
-    """The columns of a ``samples.csv`` that the paired bootstrap needs."""
-    try:
-        return pd.read_csv(path, usecols=SAMPLE_COLUMNS)
-    except ValueError as e:
-        needs = ", ".join(SAMPLE_COLUMNS)
-        raise ValueError(f"{path}: not a samples.csv of `ris evaluate` (needs {needs}): {e}") from None
+    """The columns of a ``samples.csv`` that the paired bootstrap reads (not the RLE masks)."""
+    df = pd.read_csv(path, usecols=lambda c: c in (*SAMPLE_COLUMNS, REFERS))
+    missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: not a samples.csv of `ris evaluate` (no column {', '.join(missing)})")
+    return df
 
 
 def build_comparisons(spec: dict[str, Any], metric_files: list[Path]) -> pd.DataFrame:
@@ -316,12 +316,21 @@ def build_comparisons(spec: dict[str, Any], metric_files: list[Path]) -> pd.Data
                 key = (used, s, _run_name(a), _run_name(b))
                 if key not in cache:
                     tables = [[_read_samples(f[x]) for x in sorted(f)] for f in files]
-                    cache[key] = paired_bootstrap(*tables, metrics=spec["metrics"], resamples=resamples, seed=seed)
-                for res in cache[key]:
+                    refers = all(REFERS in t.columns for side in tables for t in side)  # older samples.csv: no RefAcc
+                    metrics = [m for m in spec["metrics"] if m != "RefAcc" or refers]
+                    results = paired_bootstrap(*tables, metrics=metrics, resamples=resamples, seed=seed)
+                    cache[key] = {res.metric: res for res in results}
+                for m in spec["metrics"]:
+                    res = cache[key].get(m)
+                    if res is None:
+                        records.append(
+                            base | {"metric": m, "seeds": 0, "status": MISSING, "source": f"{what} ({m}: no data)"}
+                        )
+                        continue
                     complete = min(res.seeds_a, res.seeds_b) >= len(spec["seeds"])
                     records.append(
                         base | {
-                            "metric": res.metric, "value": res.delta, "ci95_low": res.ci_low, "ci95_high": res.ci_high,
+                            "metric": m, "value": res.delta, "ci95_low": res.ci_low, "ci95_high": res.ci_high,
                             "p_value": res.p_value, "seeds": min(res.seeds_a, res.seeds_b),
                             "status": "ok" if complete else "partial",
                             "source": f"{what}, {res.samples} samples, seeds {res.seeds_a} vs {res.seeds_b}, "
@@ -344,12 +353,15 @@ def comparison_lines(df: pd.DataFrame) -> list[str]:
         "seeds; [95% percentile CI]; p: two-sided p-value of Δ = 0 (test-set sampling only; ris/stats.py)."
     ]
     for (_, d, s), g in paired.groupby(["row", "dataset", "split"], sort=False):
-        head = f"{g['source'].iloc[0]} ({dataset_display(str(d))} {s})"
-        if (g["status"] == MISSING).any():
-            lines.append(f"{head}: {MISSING} (a run is not evaluated).")
+        computed = g[g["status"] != MISSING]
+        if computed.empty:
+            lines.append(f"{g['source'].iloc[0]} ({dataset_display(str(d))} {s}): {MISSING} (a run is not evaluated).")
             continue
+        head = f"{computed['source'].iloc[0]} ({dataset_display(str(d))} {s})"
         parts = [
-            f"{x.metric} Δ = {x.value:+.2f} [{x.ci95_low:+.2f}, {x.ci95_high:+.2f}], "
+            f"{x.metric} Δ {NOT_PRINTED} ({'not in samples.csv' if x.status == MISSING else 'no eligible sample'})"
+            if _nan(x.value)
+            else f"{x.metric} Δ = {x.value:+.2f} [{x.ci95_low:+.2f}, {x.ci95_high:+.2f}], "
             + (f"p = {x.p_value:.3f}" if x.p_value >= 0.001 else "p < 0.001")
             for x in g.itertuples()
         ]

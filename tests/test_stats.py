@@ -97,27 +97,37 @@ def test_stats_table_prints_seed_intervals_and_the_paired_bootstrap(tmp_path):
     cfg["stats"]["bootstrap"] = {"resamples": 1000, "seed": 0}
     spec = stats_spec(cfg)
     assert spec["seeds"] == [0, 1, 2] and spec["comparisons"][0]["a"]["num_masks"] == 100
+    spec["metrics"] = ["mIoU", "P@0.5", "P@0.9", "RefAcc"]
     files = write_fixture_metrics(stats_config(cfg), "mask_number")
     rng = np.random.default_rng(4)
     base = rng.uniform(0.2, 0.9, 240)
     for f in files:  # per-sample IoUs: N=100 is 3 points above N=0 on every sample, seeds add noise
         record = pd.read_json(f, typ="series")
         lift = 0.03 if record["num_masks"] == 100 else 0.0
-        iou = np.clip(base + lift + rng.normal(0, 0.01, base.size), 0, 1)
-        samples(iou).to_csv(f.with_name("samples.csv"), index=False)
+        table = samples(np.clip(base + lift + rng.normal(0, 0.01, base.size), 0, 1))
+        table["refers"] = np.where(np.arange(base.size) % 4 == 0, np.nan, 1.0)  # every eligible pick right
+        table.to_csv(f.with_name("samples.csv"), index=False)
     df = write_tables(spec, files, tmp_path / "stats")
     paired = df[df["numbers"] == PAIRED].set_index("metric")
     assert list(paired.index) == spec["metrics"] and (paired["versus"] == "coupalign-swin_b-n0").all()
     miou = paired.loc["mIoU"]
     assert miou["value"] == pytest.approx(3.0, abs=0.2) and miou["ci95_low"] > 2 and miou["p_value"] < 0.01
     assert miou["seeds"] == 3 and miou["status"] == "ok"
+    assert paired.loc["RefAcc", "value"] == 0.0 and paired.loc["RefAcc", "p_value"] == 1.0
     md = (tmp_path / "stats" / "mask_number.md").read_text()
     assert "[95% confidence interval of the mean, Student t]" in md and " ± " in md and "] |" in md
     line = next(x for x in md.splitlines() if x.startswith("- paired bootstrap: N=100 - N=0"))
     assert "240 samples, seeds 3 vs 3, 1000 resamples (RefCOCO val): mIoU Δ = +3.0" in line and "p < 0.001" in line
     csv = pd.read_csv(tmp_path / "stats" / "mask_number.csv")
-    assert (csv["numbers"] == PAIRED).sum() == len(spec["metrics"]) and csv["p_value"].notna().sum() == 6
+    assert (csv["numbers"] == PAIRED).sum() == csv["p_value"].notna().sum() == len(spec["metrics"])
     assert "paired bootstrap: N=100" in (tmp_path / "stats" / "mask_number.tex").read_text()
+
+    # samples.csv written before RefAcc existed: the other metrics are compared, RefAcc says why it is not
+    old = files[0].with_name("samples.csv")
+    pd.read_csv(old).drop(columns="refers").to_csv(old, index=False)
+    df = write_tables(spec, files, tmp_path / "old")
+    assert df.loc[(df["numbers"] == PAIRED) & (df["metric"] == "RefAcc"), "status"].item() == "missing"
+    assert "; RefAcc Δ - (not in samples.csv)." in (tmp_path / "old" / "mask_number.md").read_text()
 
     # N=0 not evaluated: the comparison says so instead of failing or printing a number
     kept = [f for f in files if "-n0-" not in str(f)]
@@ -143,3 +153,20 @@ def test_stats_section_is_checked_against_the_tables():
     bad = {**cfg, "stats": {**cfg["stats"], "seeds": [0]}}  # one seed has no interval
     with pytest.raises(ConfigError, match="stats.seeds"):
         validate(bad, schema)
+
+
+def test_paired_bootstrap_of_referring_accuracy_skips_ineligible_samples():
+    rng = np.random.default_rng(5)
+    n = 600
+    eligible = np.arange(n) % 3 != 0  # a third of the samples: images with one ref, no outcome
+    picks_a = (rng.uniform(size=n) < 0.7).astype(float)
+    picks_b = np.where(rng.uniform(size=n) < 0.5, 0.0, picks_a)  # b loses half of a's right picks
+    a, b = samples(rng.uniform(0, 1, n)), samples(rng.uniform(0, 1, n))
+    a["refers"], b["refers"] = np.where(eligible, picks_a, np.nan), np.where(eligible, picks_b, np.nan)
+    res = paired_bootstrap([a], [b], metrics=["RefAcc"], resamples=1000)[0]
+    expected = 100 * (picks_a[eligible].mean() - picks_b[eligible].mean())  # ~35 points, on eligible samples only
+    assert res.delta == pytest.approx(expected) and res.ci_low < expected < res.ci_high and res.p_value < 0.01
+    with pytest.raises(ValueError, match="RefAcc needs the 'refers' column"):
+        paired_bootstrap([a.drop(columns="refers")], [b.drop(columns="refers")], metrics=["RefAcc"], resamples=10)
+    none = paired_bootstrap([a.assign(refers=np.nan)], [b.assign(refers=np.nan)], metrics=["RefAcc"], resamples=10)
+    assert math.isnan(none[0].delta) and math.isnan(none[0].p_value)
