@@ -562,7 +562,9 @@ class _Run:
             self.tracker.log_artifact(self.out_dir / "history.jsonl")
             self.tracker.log_metrics({"best_val_oIoU": self.best})
         if not self.tcfg.get("keep_work", False):  # lean results: the run is complete, its resume state served
-            shutil.rmtree(self.work)
+            shutil.rmtree(self.work, ignore_errors=True)  # a leftover costs space only: never fail a finished run
+            if self.work.exists():
+                log.warning("could not delete %s (resume state of a completed run); it can be deleted", self.work)
         return summary
 
 
