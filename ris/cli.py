@@ -124,6 +124,15 @@ def _evaluate(a: argparse.Namespace) -> None:
     print(json.dumps(result["metrics"], indent=2))
 
 
+def _baselines(a: argparse.Namespace) -> None:
+    from ris.baselines import BASELINES, evaluate_baselines
+
+    names = tuple(a.names) if a.names else BASELINES
+    table, instances, out = Path(a.split_table), Path(a.instances), Path(a.out_dir)
+    results = evaluate_baselines(table, instances, a.size, a.dataset, a.split, out, names)
+    print(json.dumps({k: v["metrics"] for k, v in results.items()}, indent=2))
+
+
 def _table_spec(a: argparse.Namespace) -> dict:
     """The resolved table spec: ``--spec`` (JSON text or .json file) or ``--config`` + ``--table``."""
     if a.spec:
@@ -292,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--no-mlflow", action="store_true")
     s.set_defaults(fn=_evaluate)
+
+    s = sub.add_parser("baselines", help="score trivial baselines (all foreground, random/largest object) on a split")
+    s.add_argument("--split-table", required=True, help="prepared <split>.parquet")
+    s.add_argument("--instances", required=True, help="instances.json of the dataset (the objects of each image)")
+    s.add_argument("--size", type=int, required=True, help="evaluation size (the runs' image_size)")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--out-dir", required=True, help="one <baseline>/metrics.json and samples.csv per baseline")
+    s.add_argument("--names", nargs="+", default=None, help="baselines to score (default: all of ris.baselines)")
+    s.set_defaults(fn=_baselines)
 
     def table_args(s: argparse.ArgumentParser) -> None:
         s.add_argument("--spec", default="", help="resolved table spec (JSON text or .json file), as the DAG passes")

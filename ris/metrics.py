@@ -77,3 +77,52 @@ class IoUAccumulator:
 
     def compute(self) -> dict[str, float]:
         return summarize(*self.arrays())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Referring accuracy: does the prediction pick the named object rather than another referred one?
+
+
+def mask_rle(mask: np.ndarray) -> dict:
+    """A (H, W) 0/1 mask as a compressed COCO RLE dict (what ``pycocotools.mask.iou`` takes)."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def referring_outcomes(
+    pred_rles: list[str], image_ids: np.ndarray, ref_ids: np.ndarray, ref_masks: dict[int, dict]
+) -> np.ndarray:
+    """Per sample: 1.0 when its prediction overlaps its own ref's mask more than any other ref's mask of the
+    same image, 0.0 when not (ties lose), NaN when its image has no other ref.
+
+    ``pred_rles``: compressed RLE strings of the predictions at the evaluation size; ``ref_masks``: ref id ->
+    ground-truth RLE dict at that size. This is the language-sensitivity test of the demo: a model that
+    segments objects but ignores the sentence is right about as often as it picks the named one by chance.
+    """
+    from pycocotools import mask as mask_utils
+
+    out = np.full(len(pred_rles), np.nan)
+    refs_of_image: dict[int, list[int]] = {}
+    for img, ref in zip(image_ids.tolist(), ref_ids.tolist()):
+        refs_of_image.setdefault(img, [])
+        if ref not in refs_of_image[img]:
+            refs_of_image[img].append(ref)
+    for k, (img, ref) in enumerate(zip(image_ids.tolist(), ref_ids.tolist())):
+        refs = refs_of_image[img]
+        if len(refs) < 2:
+            continue
+        size = ref_masks[ref]["size"]
+        pred = {"size": size, "counts": pred_rles[k].encode()}
+        ious = mask_utils.iou([pred], [ref_masks[r] for r in refs], [0] * len(refs))[0]
+        own = ious[refs.index(ref)]
+        others = [v for r, v in zip(refs, ious) if r != ref]
+        out[k] = float(own > max(others))
+    return out
+
+
+def referring_accuracy(outcomes: np.ndarray) -> dict[str, float]:
+    """``RefAcc`` (percent of eligible samples whose prediction picks the named object) and their count."""
+    eligible = ~np.isnan(outcomes)
+    n = int(eligible.sum())
+    return {"RefAcc": 100.0 * float(outcomes[eligible].mean()) if n else float("nan"), "refacc_samples": n}

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from ris.baselines import BASELINE_BACKBONE
 from ris.metrics import METRIC_NAMES
 from ris.published import (
     backbone_display,
@@ -44,8 +45,20 @@ from ris.stats import REFERS, SAMPLE_COLUMNS, paired_bootstrap, seed_interval
 from ris.utils import atomic_path
 
 REPRODUCED, PUBLISHED, DIFFERENCE, CITED = "reproduced", "published", "difference", "published (cited)"
+BASELINE = "baseline"  # a trivial baseline scored by the pipeline on the same split (ris/baselines.py)
+BASELINE_DISPLAY = {
+    "all_foreground": "all foreground",
+    "random_object": "a random object",
+    "largest_object": "the largest object",
+}
 PAIRED = "paired bootstrap"  # CSV rows of a comparison: Δ = a - b with its bootstrap CI and p-value
-NUMBERS_LABEL = {REPRODUCED: "reproduced", PUBLISHED: "published", DIFFERENCE: "Δ", CITED: "published (cited)"}
+NUMBERS_LABEL = {
+    REPRODUCED: "reproduced",
+    PUBLISHED: "published",
+    DIFFERENCE: "Δ",
+    CITED: "published (cited)",
+    BASELINE: "baseline",
+}
 LABEL_FIELDS = {"method": "Method", "backbone": "Backbone", "num_masks": "N"}
 MISSING = "missing"  # a reproduced number whose run has no metrics.json
 NOT_PRINTED = "-"  # a number the paper does not print (or a difference that cannot be taken)
@@ -106,12 +119,15 @@ def table_spec(config: dict, name: str) -> dict[str, Any]:
     t = config["tables"][name]
     caption = t.get("caption", name)
     note = demo_note(config, t["datasets"])
+    p = config["scales"][config["scale"]]
+    metrics = list(t.get("metrics") or METRIC_NAMES)
+    metrics += [m for m in p.get("extra_metrics", []) if m not in metrics]
     return {
         "name": name,
         "caption": caption,
         "note": note,
         "scale": config["scale"],
-        "metrics": list(t.get("metrics") or METRIC_NAMES),
+        "metrics": metrics,
         # a list of [dataset, splits] pairs, not a mapping: column order must survive JSON with sorted keys
         "datasets": [[d, list(s)] for d, s in t["datasets"].items()],
         "dataset_used": {d: dataset_for(config, d) for d in t["datasets"]},
@@ -123,6 +139,7 @@ def table_spec(config: dict, name: str) -> dict[str, Any]:
             {"method": r["method"], "backbone": r["backbone"], "num_masks": int(r.get("num_masks", 0))}
             for r in t.get("published", [])
         ],
+        "baselines": list(p.get("baselines", [])),  # ris/baselines.py names, rows after the runs
         "published_from": t.get("published_from", name),
         "row_labels": list(t.get("row_labels") or []),
         "seeds": [int(s) for s in config["seeds"]],
@@ -252,10 +269,27 @@ def build_table(
                 records.append(base(r, DIFFERENCE, d, s, m) | {"value": agg[key][0] - v, "status": "ok", "source": src})
         row += 1
 
+    for name in spec.get("baselines", []):
+        r = baseline_run(name)
+        for d, s, m in cols:
+            key = (spec["dataset_used"].get(d, d), name, BASELINE_BACKBONE, 0, s, m)
+            rec = base(r, BASELINE, d, s, m) | {"source": "ris/baselines.py, on the same split"}
+            if key in agg:
+                rec |= {"value": agg[key][0], "seeds": 1, "status": "ok"}
+            else:
+                rec |= {"seeds": 0, "status": MISSING}
+            records.append(rec)
+        row += 1
+
     df = pd.DataFrame.from_records(records, columns=LONG_COLUMNS)
     df["seeds"] = df["seeds"].astype("Int64")
     df["seeds_expected"] = df["seeds_expected"].astype("Int64")
     return df
+
+
+def baseline_run(name: str) -> dict[str, Any]:
+    """A baseline as a table row entry (``method`` is its name; see :mod:`ris.baselines`)."""
+    return {"method": name, "backbone": BASELINE_BACKBONE, "num_masks": 0}
 
 
 def _run_name(run: dict[str, Any]) -> str:
@@ -292,7 +326,7 @@ def build_comparisons(spec: dict[str, Any], metric_files: list[Path]) -> pd.Data
         ] = csv
     boot = spec.get("bootstrap") or {}
     resamples, seed = int(boot.get("resamples", 10_000)), int(boot.get("seed", 0))
-    first_row = len(spec["cited"]) + len(spec["runs"])  # after every laid-out row: never taken for one
+    first_row = len(spec["cited"]) + len(spec["runs"]) + len(spec.get("baselines", []))  # after every laid-out row
     records: list[dict[str, Any]] = []
     cache: dict[tuple, list] = {}
     for k, pair in enumerate(spec.get("comparisons", [])):
@@ -421,7 +455,8 @@ class Layout:
         return [
             r
             for r in self.rows
-            if r.numbers == NUMBERS_LABEL[REPRODUCED] or any(not _nan(r.cells.get(c, {}).get("value")) for c in cols)
+            if r.numbers in (NUMBERS_LABEL[REPRODUCED], NUMBERS_LABEL[BASELINE])
+            or any(not _nan(r.cells.get(c, {}).get("value")) for c in cols)
         ]
 
     def column_header(self, col: tuple[str, str, str]) -> str:
@@ -465,18 +500,24 @@ def layout(df: pd.DataFrame, spec: dict[str, Any]) -> Layout:
         metrics=list(spec["metrics"]),
         per_metric_blocks=len(splits) > 1 and len(spec["metrics"]) > 1,
     )
-    entries = [(r, True) for r in spec["cited"]] + [(r, False) for r in spec["runs"]]
+    entries = (
+        [(r, CITED) for r in spec["cited"]]
+        + [(r, REPRODUCED) for r in spec["runs"]]
+        + [(baseline_run(b), BASELINE) for b in spec.get("baselines", [])]
+    )
     no_published = []
-    for i, (r, cited) in enumerate(entries):
+    for i, (r, entry) in enumerate(entries):
         sub = df[df["row"] == i]
-        labels = [_label(f, r[f]) for f in fields]
-        kinds = (
-            [CITED]
-            if cited
-            else [REPRODUCED] + ([PUBLISHED, DIFFERENCE] if (sub["numbers"] == PUBLISHED).any() else [])
-        )
-        if not cited and len(kinds) == 1:
-            no_published.append(method_display(r["method"]))
+        if entry == BASELINE:  # its name in the first label column, the others empty
+            labels = [BASELINE_DISPLAY.get(r["method"], r["method"])] + [""] * (len(fields) - 1)
+        else:
+            labels = [_label(f, r[f]) for f in fields]
+        if entry == REPRODUCED:
+            kinds = [REPRODUCED] + ([PUBLISHED, DIFFERENCE] if (sub["numbers"] == PUBLISHED).any() else [])
+            if len(kinds) == 1:
+                no_published.append(method_display(r["method"]))
+        else:
+            kinds = [entry]
         for j, kind in enumerate(kinds):
             cells = {(x["dataset"], x["split"], x["metric"]): x for x in sub[sub["numbers"] == kind].to_dict("records")}
             lay.rows.append(Row(labels if j == 0 else [""] * len(labels), NUMBERS_LABEL[kind], cells, j == 0))
@@ -492,6 +533,16 @@ def layout(df: pd.DataFrame, spec: dict[str, Any]) -> Layout:
         lay.footnotes.append(f"No published numbers on file for {names} in this table (reproduced only).")
     if spec["cited"]:
         lay.footnotes.append("published (cited): a method we do not train; its published numbers only.")
+    if spec.get("baselines"):
+        lay.footnotes.append(
+            "baseline: a sentence-blind guess scored on the same split (ris/baselines.py): all foreground; a "
+            "random object of the image (seeded); the image's largest object. A method above them uses the sentence."
+        )
+    if "RefAcc" in spec["metrics"]:
+        lay.footnotes.append(
+            "RefAcc: referring accuracy, the share of samples (of images with two or more refs) whose prediction "
+            "overlaps the named object's mask more than any other ref's mask (IoU)."
+        )
     if any(r.numbers == NUMBERS_LABEL[DIFFERENCE] for r in lay.rows):
         lay.footnotes.append("Δ: reproduced minus published.")
     if len(spec["seeds"]) > 1:
@@ -504,6 +555,8 @@ def layout(df: pd.DataFrame, spec: dict[str, Any]) -> Layout:
 
 def format_cell(cell: dict[str, Any] | None, kind: str, pm: str = "±") -> str:
     """One number as printed: mean (± std), signed difference, ``missing`` or ``-``."""
+    if kind == NUMBERS_LABEL[BASELINE] and (cell is None or cell["status"] == MISSING):
+        return MISSING
     if kind == NUMBERS_LABEL[REPRODUCED]:
         if cell is None or cell["status"] == MISSING or _nan(cell.get("value")):
             return MISSING

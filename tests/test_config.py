@@ -29,6 +29,13 @@ def test_schema_names_equal_the_registry():
     assert sorted(run["properties"]["backbone"]["enum"]) == sorted(BACKBONES)
 
 
+def test_schema_baselines_equal_the_implemented_ones():
+    from ris.baselines import BASELINES
+
+    scale = load_yaml(SCHEMA)["properties"]["scales"]["additionalProperties"]["properties"]
+    assert sorted(scale["baselines"]["items"]["enum"]) == sorted(BASELINES)
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [

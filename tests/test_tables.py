@@ -26,10 +26,15 @@ GOLDEN = Path(__file__).parent / "golden"
 SHARED_FACTS = REPO.parent / "shared" / "paper" / "published_results.csv"
 UPDATE = os.environ.get("RIS_UPDATE_GOLDEN") == "1"
 
-METHOD_BASE = {"lavt": 40.0, "coupalign": 45.0, "eavl": 43.0, "jmceln": 44.0}
-BACKBONE_OFFSET = {"swin_b": 0.0, "resnet101": -3.0, "darknet53": -4.0}
+METHOD_BASE = {
+    "lavt": 40.0, "coupalign": 45.0, "eavl": 43.0, "jmceln": 44.0,
+    "all_foreground": 6.0, "random_object": 25.0, "largest_object": 30.0,
+}  # fmt: skip
+BACKBONE_OFFSET = {"swin_b": 0.0, "resnet101": -3.0, "darknet53": -4.0, "-": 0.0}
 SPLIT_OFFSET = {"val": 0.0, "testA": 2.0, "testB": -2.0, "test": 1.0}
-METRIC_OFFSET = {"oIoU": 0.0, "mIoU": 1.5, "P@0.5": 10.0, "P@0.6": 5.0, "P@0.7": 0.0, "P@0.8": -8.0, "P@0.9": -20.0}
+METRIC_OFFSET = {
+    "oIoU": 0.0, "mIoU": 1.5, "P@0.5": 10.0, "P@0.6": 5.0, "P@0.7": 0.0, "P@0.8": -8.0, "P@0.9": -20.0, "RefAcc": 30.0,
+}  # fmt: skip
 
 
 def fixed_value(method: str, backbone: str, num_masks: int, split: str, metric: str, seed: int) -> float:
@@ -63,6 +68,18 @@ def write_fixture_metrics(config: dict, table: str, skip: set[tuple[str, int]] |
         }  # fmt: skip
         path.write_text(json.dumps(record))
         files.append(path)
+    baselines = config["scales"][config["scale"]].get("baselines", [])
+    for dataset, split in dict.fromkeys((k.dataset, s) for k, s in table_evaluations(config, table)):
+        for name in baselines:  # as ris baselines writes them
+            path = Path(config["results_dir"]) / "baselines" / dataset / split / name / "metrics.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            metrics = {m: fixed_value(name, "-", 0, split, m, 0) for m in METRIC_OFFSET}
+            record = {
+                "dataset": dataset, "split": split, "method": name, "backbone": "-", "num_masks": 0, "seed": 0,
+                "metrics": metrics, "counts": {"samples": 10, "refs": 4},
+            }  # fmt: skip
+            path.write_text(json.dumps(record))
+            files.append(path)
     return files
 
 
@@ -142,12 +159,21 @@ def test_rows_and_columns_follow_the_papers():
     cfg = repo_config(Path("/nonexistent"))
     t1 = to_markdown(build_table(table_spec(cfg, "backbone_resnet101"), None), table_spec(cfg, "backbone_resnet101"))
     lines = [line for line in t1.splitlines() if line.startswith("| ") and not line.startswith("|  |")]
-    # CoupAlign suppl. Table 1: LSCM, CMPC, EFN, LAVT, CoupAlign; oIoU, prec@0.5..0.9.
-    assert [line.split("|")[1].strip() for line in lines] == ["Method", "LSCM", "CMPC", "EFN", "LAVT", "CoupAlign"]
-    assert lines[0].split("|")[3:-1] == [" oIoU ", " P@0.5 ", " P@0.6 ", " P@0.7 ", " P@0.8 ", " P@0.9 "]
+    # CoupAlign suppl. Table 1: LSCM, CMPC, EFN, LAVT, CoupAlign; oIoU, prec@0.5..0.9; then the demo's
+    # baselines and its referring-accuracy column.
+    baselines = ["all foreground", "a random object", "the largest object"]
+    assert [line.split("|")[1].strip() for line in lines] == [
+        "Method",
+        "LSCM",
+        "CMPC",
+        "EFN",
+        "LAVT",
+        "CoupAlign",
+    ] + baselines
+    assert lines[0].split("|")[3:-1] == [" oIoU ", " P@0.5 ", " P@0.6 ", " P@0.7 ", " P@0.8 ", " P@0.9 ", " RefAcc "]
     t3 = to_markdown(build_table(table_spec(cfg, "mask_number"), None), table_spec(cfg, "mask_number"))
     firsts = [line.split("|")[1].strip() for line in t3.splitlines() if line.startswith("| ")]
-    assert [x for x in firsts if x] == ["N", "0", "20", "50", "100", "150", "200"]
+    assert [x for x in firsts if x] == ["N", "0", "20", "50", "100", "150", "200"] + baselines
     # The spec reaches `ris tables` as JSON: the column order must survive any key order.
     spec = json.loads(json.dumps(table_spec(cfg, "main"), sort_keys=True))
     main_md = to_markdown(build_table(spec, None), spec)

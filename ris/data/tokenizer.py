@@ -38,7 +38,9 @@ def load_tokenizer(name_or_path: str | None, vocab: list[str] | None) -> BertTok
         return tokenizer_from_vocab(vocab)
     if not name_or_path:
         raise ValueError("a tokenizer needs either a vocabulary or a pretrained name/path")
-    return BertTokenizer.from_pretrained(name_or_path)
+    from ris.models.text import resolve_pretrained
+
+    return BertTokenizer.from_pretrained(resolve_pretrained(name_or_path))
 
 
 def encode(

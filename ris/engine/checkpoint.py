@@ -108,9 +108,10 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[RISModel, Any, dict[str
         tokenizer = load_tokenizer(mcfg.pretrained_text, None)
     else:
         tokenizer = load_tokenizer(None, ckpt.get("vocab"))
-    mcfg.pretrained_text = None
-    model = build_model(mcfg)
-    model.load_state_dict(ckpt["model"])
+    if not (mcfg.pretrained_text and mcfg.options.get("freeze_text")):
+        mcfg.pretrained_text = None  # fine-tuned text weights are in the checkpoint: nothing to download
+    model = build_model(mcfg)  # a frozen pretrained text encoder loads from its package/folder (offline)
+    model.load_checkpoint_state(ckpt["model"])
     model.eval()
     return model, tokenizer, config
 
@@ -128,5 +129,5 @@ def save_model_checkpoint(
     ``config`` is the run config (its ``model`` entry rebuilds the network); ``vocab`` is the vocabulary
     built from the training sentences, or None when the tokenizer is ``config["model"]["pretrained_text"]``.
     """
-    state = {"config": config, "vocab": vocab, "vocab_size": vocab_size, "model": model.state_dict()}
+    state = {"config": config, "vocab": vocab, "vocab_size": vocab_size, "model": model.checkpoint_state()}
     save_checkpoint(path, {**state, **extra})

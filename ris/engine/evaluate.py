@@ -19,16 +19,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ris.data.dataset import ReferSplit
+from ris.data.dataset import ReferSplit, resize_mask
 from ris.data.prepare import read_split
+from ris.data.refer import decode_rle
 from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from ris.metrics import IoUAccumulator, summarize
+from ris.metrics import IoUAccumulator, mask_rle, referring_accuracy, referring_outcomes, summarize
 from ris.utils import atomic_path, write_json
 
 PROTOCOL = (
     "LAVT test.py protocol: one sample per (ref, sentence); prediction vs ground truth at "
     "{size}x{size} (GT resized nearest); IoU=I/U (0 if U=0); oIoU=sum I/sum U; mIoU=mean IoU; "
-    "P@X=share of samples with IoU>=X"
+    "P@X=share of samples with IoU>=X; RefAcc=share of samples of images with several refs whose prediction "
+    "has a higher IoU with its own ref's mask than with any other ref's"
 )
 
 
@@ -96,8 +98,7 @@ def evaluate_split(
     inter, union, rows = run_inference(
         model, loader, dev, progress=True, desc=f"evaluate {split}", masks_out=masks
     )
-    metrics = summarize(inter, union)
-    result = {
+    header = {
         "run": config["run"],
         "dataset": config["dataset"],
         "split": split,
@@ -106,29 +107,75 @@ def evaluate_split(
         "num_masks": int(config["model"]["num_masks"]),
         "seed": int(config["seed"]),
         "epoch": int(ckpt.get("epoch", -1)),
-        "metrics": metrics,
-        "counts": {"samples": int(len(inter)), "refs": int(table["ref_id"].nunique())},
-        "protocol": PROTOCOL.format(size=size),
-        "eval_size": size,
     }
-    out_dir = Path(out_dir)
-    samples = table.iloc[rows][["ref_id", "sent_id", "image_id", "file_name", "sentence"]].copy()
-    samples["intersection"], samples["union"] = inter, union
-    samples["iou"] = np.divide(inter, union, out=np.zeros(len(inter)), where=union > 0)
-    samples["pred_size"] = size
-    samples["pred_rle"] = masks
-    with atomic_path(out_dir / "samples.csv") as tmp:
-        samples.to_csv(tmp, index=False)
-    write_json(out_dir / "metrics.json", result)
+    result = write_results(Path(out_dir), header, table, rows, inter, union, masks, size)
+    metrics = result["metrics"]
     run_id = ckpt.get("mlflow_run_id")
     if log_mlflow and run_id:
         from ris.engine.tracking import Tracker
 
         tracker = Tracker(config["tracking"]["uri"], config["tracking"]["experiment"], run_id=run_id)
-        tracker.log_metrics({f"{split}/{k}": v for k, v in metrics.items()})
+        tracker.log_metrics({f"{split}/{k}": v for k, v in metrics.items() if not np.isnan(v)})
         tracker.log_artifact(out_dir / "metrics.json", artifact_path=f"eval/{split}")
         tracker.finish()
     return result
+
+
+def ref_masks_at(table: pd.DataFrame, size: int) -> dict[int, dict]:
+    """Ground-truth mask of every ref of a split table at the evaluation size (nearest), as RLE dicts."""
+    first = table.drop_duplicates("ref_id")
+    return {
+        int(r.ref_id): mask_rle(resize_mask(decode_rle(r.rle, int(r.height), int(r.width)), size).numpy())
+        for r in first.itertuples()
+    }
+
+
+def write_results(
+    out_dir: Path,
+    header: dict[str, Any],
+    table: pd.DataFrame,
+    rows: np.ndarray,
+    inter: np.ndarray,
+    union: np.ndarray,
+    masks: list[str],
+    size: int,
+) -> dict[str, Any]:
+    """Write ``samples.csv`` and ``metrics.json`` (``header`` + metrics + counts) of predictions on a split.
+
+    ``rows``: the table row of each prediction; ``masks``: the predictions as RLE strings at ``size``. The
+    metrics are the protocol's (:func:`ris.metrics.summarize`) plus the referring accuracy ``RefAcc``
+    (:func:`ris.metrics.referring_outcomes`; NaN, written as null, when no image has two refs).
+    """
+    samples = table.iloc[rows][["ref_id", "sent_id", "image_id", "file_name", "sentence"]].copy()
+    samples["intersection"], samples["union"] = inter, union
+    samples["iou"] = np.divide(inter, union, out=np.zeros(len(inter)), where=union > 0)
+    outcomes = referring_outcomes(
+        masks, samples["image_id"].to_numpy(), samples["ref_id"].to_numpy(), ref_masks_at(table, size)
+    )
+    samples["refers"] = outcomes
+    samples["pred_size"] = size
+    samples["pred_rle"] = masks
+    ref = referring_accuracy(outcomes)
+    result = {
+        **header,
+        "metrics": {**summarize(inter, union), "RefAcc": ref["RefAcc"]},
+        "counts": {
+            "samples": int(len(inter)),
+            "refs": int(table["ref_id"].nunique()),
+            "refacc_samples": ref["refacc_samples"],
+        },
+        "protocol": PROTOCOL.format(size=size),
+        "eval_size": size,
+    }
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "samples.csv") as tmp:
+        samples.to_csv(tmp, index=False)
+    write_json(out_dir / "metrics.json", {**result, "metrics": _json_safe(result["metrics"])})
+    return result
+
+
+def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: None if v is None or (isinstance(v, float) and np.isnan(v)) else v for k, v in metrics.items()}
 
 
 def load_metrics(paths: list[Path]) -> pd.DataFrame:
@@ -139,6 +186,8 @@ def load_metrics(paths: list[Path]) -> pd.DataFrame:
     for p in paths:
         r = json.loads(Path(p).read_text())
         for metric, value in r["metrics"].items():
+            if value is None:  # e.g. RefAcc on a split whose images have one ref each
+                continue
             rows.append(
                 {k: r[k] for k in ("dataset", "split", "method", "backbone", "num_masks", "seed")}
                 | {"metric": metric, "value": value, "samples": r["counts"]["samples"]}

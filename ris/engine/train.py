@@ -223,7 +223,7 @@ class _Run:
         changed = _config_changes(ckpt.get("config", {}), self.cfg)
         if changed:
             log.warning("resuming with a changed configuration (%s): results may differ", ", ".join(changed))
-        self.core.load_state_dict(ckpt["model"])
+        self.core.load_checkpoint_state(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -257,7 +257,7 @@ class _Run:
             "epoch_losses": list(self.epoch_losses),
             "history": list(self.history),
             "pending": list(self.pending),
-            "model": self.core.state_dict(),
+            "model": self.core.checkpoint_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -534,7 +534,7 @@ class _Run:
             "vocab_size": self.vocab_size,
             "epoch": epoch,
             "global_step": self.global_step,
-            "model": self.core.state_dict(),
+            "model": self.core.checkpoint_state(),
             "val": val,
             "best_val_oIoU": self.best,
             "mlflow_run_id": self.tracker.run_id if self.tracker else None,

@@ -56,9 +56,39 @@ class RISModel(nn.Module):
         self.text = lookup(TEXT_ENCODERS, "text encoder", cfg.text_encoder)(
             cfg.size, cfg.vocab_size, cfg.pretrained_text
         )
+        if self.option("freeze_text", False):
+            self.text.freeze()
+        #: PWAM's language norm (:class:`ris.models.blocks.PixelWordAttention`): "instance" as the official code.
+        self.lang_norm = str(self.option("lang_norm", "instance"))
 
     def option(self, name: str, default: Any) -> Any:
         return self.cfg.options.get(name, default)
+
+    @property
+    def text_is_external(self) -> bool:
+        """A frozen pretrained text encoder: its weights come from ``from_pretrained``, not from checkpoints."""
+        return bool(self.text.frozen and self.cfg.pretrained_text)
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The weights a checkpoint stores: all, except those of an external text encoder (the demo's frozen
+        MiniLM: 90 MB per run that its package already holds)."""
+        state = self.state_dict()
+        if self.text_is_external:
+            state = {k: v for k, v in state.items() if not k.startswith("text.")}
+        return state
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`checkpoint_state` stored; every weight but an external text encoder's must be there."""
+        if not self.text_is_external:
+            self.load_state_dict(state)
+            return
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("text.")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"checkpoint weights do not fit the {self.cfg.method} model: missing {', '.join(missing) or 'none'}; "
+                f"unexpected {', '.join(unexpected) or 'none'}"
+            )
 
     def encode(
         self,

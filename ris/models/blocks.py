@@ -71,16 +71,28 @@ class PixelWordAttention(nn.Module):
     element-wise, and a final 1x1 projection gives the multimodal feature (LAVT paper, Sec. 3.2).
     As the official ``SpatialImageLanguageAttention``: keys and values of padded words are zeroed and their
     similarities get -1e4, and similarities are scaled by 1/sqrt(vis_dim) whatever the number of heads.
+
+    ``lang_norm``: ``"instance"`` (official) or ``"none"``. The instance norm of the attended language
+    map subtracts its spatial mean per channel: what every pixel receives from the sentence alike (all of
+    it while attention is still near uniform, as at random init) is removed, and only where attention
+    differs across pixels survives. Measured on the demo (random-init Swin, frozen MiniLM, 300 steps):
+    referring accuracy 50% (chance) with it, 79% without it. The demo preset drops it; paper scale keeps
+    the official module. With ``"none"`` the layer is an ``nn.Identity``, so parameter names do not change.
     """
 
-    def __init__(self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0):
+    def __init__(
+        self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0, lang_norm: str = "instance"
+    ):
         super().__init__()
+        if lang_norm not in ("instance", "none"):
+            raise ValueError(f"lang_norm must be 'instance' or 'none', got {lang_norm!r}")
         self.heads = heads
         self.vis_proj = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), nn.GELU(), nn.Dropout(dropout))
         self.query = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), nn.InstanceNorm2d(vis_dim))
         self.key = nn.Linear(lang_dim, vis_dim)
         self.value = nn.Linear(lang_dim, vis_dim)
-        self.lang_out = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), nn.InstanceNorm2d(vis_dim))
+        norm = nn.InstanceNorm2d(vis_dim) if lang_norm == "instance" else nn.Identity()
+        self.lang_out = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), norm)
         self.mm_proj = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), nn.GELU(), nn.Dropout(dropout))
 
     def forward(self, vis: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

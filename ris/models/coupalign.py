@@ -62,9 +62,11 @@ from ris.models.registry import register_method
 class WordPixelAlignment(nn.Module):
     """One WPA stage: pixels gather words (PWAM + gate) and words gather pixels (cross-attention)."""
 
-    def __init__(self, vis_dim: int, lang_dim: int, fusion_heads: int, wpa_heads: int, dropout: float):
+    def __init__(
+        self, vis_dim: int, lang_dim: int, fusion_heads: int, wpa_heads: int, dropout: float, lang_norm: str
+    ):
         super().__init__()
-        self.l2v = PWAMFusion(vis_dim, lang_dim, fusion_heads, dropout)
+        self.l2v = PWAMFusion(vis_dim, lang_dim, fusion_heads, dropout, lang_norm)
         self.v2l = AttentionLayer(lang_dim, wpa_heads, dropout, kv_dim=vis_dim)
 
     def forward(
@@ -95,10 +97,11 @@ class CoupAlign(RISModel):
                 self.option("fusion_heads", 1),
                 self.option("wpa_heads", 8),
                 self.option("fusion_dropout", 0.0),
+                self.lang_norm,
             )
             for c in chans
         )
-        self.decoder = TopDownDecoder(chans)
+        self.decoder = TopDownDecoder(chans, self.option("decoder_hidden", None))
         self.pixel_embed = nn.Conv2d(self.decoder.hidden, dim, 1)
         self.sentence_proj = nn.Linear(self.text.dim, dim)
         if self.num_masks:

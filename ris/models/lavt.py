@@ -34,9 +34,11 @@ from ris.models.registry import register_method
 class PWAMFusion(nn.Module):
     """One LAVT stage fusion: PWAM, the language gate, and the output norm."""
 
-    def __init__(self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0):
+    def __init__(
+        self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0, lang_norm: str = "instance"
+    ):
         super().__init__()
-        self.pwam = PixelWordAttention(vis_dim, lang_dim, heads, dropout)
+        self.pwam = PixelWordAttention(vis_dim, lang_dim, heads, dropout, lang_norm)
         self.gate = LanguageGate(vis_dim)
         self.norm = ChannelNorm(vis_dim)
 
@@ -48,12 +50,13 @@ class PWAMFusion(nn.Module):
 
 
 def pwam_fusions(model: RISModel) -> nn.ModuleList:
-    """One :class:`PWAMFusion` per backbone stage, from the options ``fusion_heads`` and ``fusion_dropout``.
+    """One :class:`PWAMFusion` per backbone stage, from the options ``fusion_heads``, ``fusion_dropout``
+    and ``lang_norm``.
 
     The LAVT encoder, shared by every method that fuses language this way (LAVT, EAVL, JMCELN).
     """
-    heads, drop = model.option("fusion_heads", 1), model.option("fusion_dropout", 0.0)
-    return nn.ModuleList(PWAMFusion(c, model.text.dim, heads, drop) for c in model.backbone.channels)
+    heads, drop, norm = model.option("fusion_heads", 1), model.option("fusion_dropout", 0.0), model.lang_norm
+    return nn.ModuleList(PWAMFusion(c, model.text.dim, heads, drop, norm) for c in model.backbone.channels)
 
 
 @register_method("lavt")
@@ -63,7 +66,7 @@ class LAVT(RISModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.fusions = pwam_fusions(self)
-        self.decoder = TopDownDecoder(self.backbone.channels)
+        self.decoder = TopDownDecoder(self.backbone.channels, self.option("decoder_hidden", None))
         self.classifier = nn.Conv2d(self.decoder.hidden, 2, 1)
 
     def forward(

@@ -40,8 +40,23 @@ def dataset_splits(dataset):
     return config["datasets"][dataset]["splits"]
 
 
+BASELINE_FILES = ("metrics.json", "samples.csv")
+
+
+def scale_baselines():
+    """Baselines scored beside the runs at this scale (`scales.<scale>.baselines`; none at paper scale)."""
+    return config["scales"][config["scale"]].get("baselines", [])
+
+
+def table_baseline_files(table):
+    """metrics.json of every baseline on every (dataset used, split) column of a table."""
+    pairs = dict.fromkeys((k.dataset, s) for k, s in table_evaluations(config, table))
+    return [f"{RESULTS}/baselines/{d}/{s}/{b}/metrics.json" for d, s in pairs for b in scale_baselines()]
+
+
 def table_metric_files(wildcards):
-    return [f"{RESULTS}/eval/{k.path}/{s}/metrics.json" for k, s in table_evaluations(config, wildcards.table)]
+    runs = [f"{RESULTS}/eval/{k.path}/{s}/metrics.json" for k, s in table_evaluations(config, wildcards.table)]
+    return runs + table_baseline_files(wildcards.table)
 
 
 def table_histories(wildcards):

@@ -20,7 +20,8 @@ if config.get("stats"):
 
     rule stats_table:
         input:
-            metrics=[f"{RESULTS}/eval/{k.path}/{s}/metrics.json" for k, s in STATS_EVALUATIONS],
+            metrics=[f"{RESULTS}/eval/{k.path}/{s}/metrics.json" for k, s in STATS_EVALUATIONS]
+            + table_baseline_files(STATS_TABLE),
             samples=[f"{RESULTS}/eval/{k.path}/{s}/samples.csv" for k, s in STATS_EVALUATIONS],
             published=PUBLISHED_CSV,
         output:
