@@ -45,9 +45,7 @@ def _download(a: argparse.Namespace) -> None:
 def _prepare(a: argparse.Namespace) -> None:
     from ris.data.prepare import prepare
 
-    summary = prepare(
-        Path(a.refer_dir), a.split_by, a.splits, Path(a.out), Path(a.images) if a.images else None
-    )
+    summary = prepare(Path(a.refer_dir), a.split_by, a.splits, Path(a.out), Path(a.images) if a.images else None)
     print(json.dumps(summary, indent=2))
 
 
@@ -80,11 +78,7 @@ def _train(a: argparse.Namespace) -> None:
 
     from ris.engine.train import train
 
-    cfg = (
-        json.loads(Path(a.run_config).read_text())
-        if a.run_config.endswith(".json")
-        else json.loads(a.run_config)
-    )
+    cfg = json.loads(Path(a.run_config).read_text()) if a.run_config.endswith(".json") else json.loads(a.run_config)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
@@ -201,6 +195,10 @@ def _plot(a: argparse.Namespace) -> None:
             spec, [Path(p) for p in a.samples], Path(a.split_table), Path(a.images), outs,
             [Path(p) for p in a.out_failures], k=a.k,
         )  # fmt: skip
+        if a.out_swap:
+            plots.plot_swap(
+                spec, Path(a.samples[-1]), Path(a.split_table), Path(a.images), [Path(p) for p in a.out_swap]
+            )
 
 
 def _predict(a: argparse.Namespace) -> None:
@@ -239,9 +237,7 @@ def _runs(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ris", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="ris", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -275,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_mlflow_init)
 
     s = sub.add_parser("train", help="train one run")
-    s.add_argument(
-        "--run-config", required=True, help="resolved run configuration: JSON text or a .json file"
-    )
+    s.add_argument("--run-config", required=True, help="resolved run configuration: JSON text or a .json file")
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--device", default=None, help="auto, cpu, cuda (default: train.device of the run config)")
     s.add_argument(
@@ -340,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=4, help="samples per grid (qualitative)")
     s.add_argument("--out", nargs="+", required=True, help="output files (.png, .pdf); successes for qualitative")
     s.add_argument("--out-failures", nargs="*", default=[], help="output files of the failures grid")
+    s.add_argument("--out-swap", nargs="*", default=[], help="output files of the swap-the-sentence grid")
     s.set_defaults(fn=_plot)
 
     s = sub.add_parser("predict", help="mask of what a sentence refers to in an image (mask PNG + overlay PNG)")
@@ -380,9 +375,7 @@ USER_ERRORS = (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError)
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         args.fn(args)
     except USER_ERRORS as e:

@@ -334,10 +334,72 @@ def plot_qualitative(
     return chosen
 
 
+def select_swap_pairs(samples: pd.DataFrame, k: int) -> list[tuple[Any, Any]]:
+    """``k`` images with two refs, one sentence each: those whose two predictions are both best (highest
+    lower IoU of the two), ties broken by ids; deterministic."""
+    first = samples.sort_values(["ref_id", "sent_id"], kind="mergesort").drop_duplicates("ref_id")
+    pairs = []
+    for _, g in first.groupby("image_id", sort=True):
+        if len(g) >= 2:
+            a, b = g.iloc[0], g.iloc[1]
+            pairs.append((min(a["iou"], b["iou"]), int(a["ref_id"]), a, b))
+    pairs.sort(key=lambda p: (-p[0], p[1]))
+    return [(a, b) for _, _, a, b in pairs[:k]]
+
+
+def plot_swap(
+    spec: dict[str, Any], samples_file: Path, split_table: Path, images_dir: Path, outs: Sequence[Path], k: int = 4
+) -> list[tuple[Any, Any]]:
+    """ "Swap the sentence": one image per row, the predictions of one run for two of its refs' sentences.
+
+    A model that follows the sentence outlines a different object in each prediction panel; one that
+    ignores it outlines the same one twice. The run is the table's last (as the other grids rank by).
+    """
+    from ris.data.prepare import read_split
+
+    name = row_name(spec, spec["runs"][-1])
+    samples = pd.read_csv(samples_file)
+    truth = read_split(Path(split_table)).set_index(["ref_id", "sent_id"])
+    pairs = select_swap_pairs(samples, k)
+    fig, axes = plt.subplots(len(pairs) or 1, 5, figsize=(2.3 * 5, 2.8 * max(1, len(pairs))))
+    axes = np.atleast_2d(axes)
+    if not pairs:
+        for ax in axes.flat:
+            _blank(ax, "no image with two refs")
+    for i, pair in enumerate(pairs):
+        with Image.open(Path(images_dir) / pair[0]["file_name"]) as im:
+            image = np.asarray(im.convert("RGB"))
+        h, w = image.shape[:2]
+        panels = [(image / 255.0, "image")]
+        for s in pair:
+            gt_row = truth.loc[(s["ref_id"], s["sent_id"])]
+            gt = _resize_mask(_decode(gt_row["rle"], int(gt_row["height"]), int(gt_row["width"])), h, w)
+            size = int(s["pred_size"])
+            pred = _resize_mask(_decode(s["pred_rle"], size, size), h, w)
+            expression = "\n".join(textwrap.wrap(f'"{s["sentence"]}"', 28))
+            panels.append((overlay(image, gt, GT_COLOR), f"{expression}\nground truth"))
+            panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * s['iou']:.1f}"))
+        for ax, (img, title) in zip(axes[i], panels):
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=8)
+    d0, splits0 = spec_datasets(spec)[0]
+    fig.suptitle(
+        f"{spec['name']}: swap the sentence ({name}, {dataset_display(d0)} {splits0[0]})"
+        + (" (demo scale: synthetic data)" if spec.get("note") else "")
+        + "\nsame image, two expressions: ground truth (white) and prediction (orange) for each",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    save_figure(fig, outs)
+    return pairs
+
+
 def table_figures(spec: dict[str, Any]) -> list[str]:
     """Figure names of a table: precision, training and qualitative grids for every table, and ``num_masks``
     when its runs span at least three values of N (CoupAlign suppl. Table 3)."""
-    names = ["precision", "training", "qualitative_successes", "qualitative_failures"]
+    names = ["precision", "training", "qualitative_successes", "qualitative_failures", "qualitative_swap"]
     if len({r["num_masks"] for r in spec["runs"]}) >= 3:
         names.insert(1, "num_masks")
     return names

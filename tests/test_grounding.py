@@ -23,7 +23,7 @@ from ris.data.prepare import prepare, read_split
 from ris.data.synthetic import SyntheticConfig, synthesize
 from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
-DEMO_OPTIONS = {"dice_weight": 1.0, "freeze_text": True, "lang_norm": "none", "decoder_hidden": 64}
+DEMO_OPTIONS = {"dice_weight": 1.0, "freeze_text": True, "lang_norm": "none"}
 SIZE = 48
 
 

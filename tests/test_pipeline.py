@@ -74,10 +74,15 @@ def test_demo_dag_end_to_end(tmp_path):
 
     table = pd.read_csv(results / "tables" / "summary.csv")
     assert set(table["split"]) == {"val", "testA", "testB"}
-    assert set(table["metric"]) >= {"oIoU", "mIoU", "P@0.5", "P@0.9"}
+    assert set(table["metric"]) >= {"oIoU", "mIoU", "P@0.5", "P@0.9", "RefAcc"}
     md = (results / "tables" / "summary.md").read_text()
     assert "| LAVT | reproduced |" in md
-    for fig in ("precision", "training", "qualitative_successes", "qualitative_failures"):
+    # The baselines, scored by the pipeline on the same splits, are rows of the table with numbers.
+    baselines = table[table["numbers"] == "baseline"]
+    assert set(baselines["method"]) == {"all_foreground", "random_object", "largest_object"}
+    assert baselines["value"].notna().all() and set(baselines["split"]) == {"val", "testA", "testB"}
+    assert "| a random object | baseline |" in md
+    for fig in ("precision", "training", "qualitative_successes", "qualitative_failures", "qualitative_swap"):
         assert (results / "plots" / "summary" / f"{fig}.png").stat().st_size > 10_000
 
     metrics = json.loads((results / "eval/synthetic/lavt-swin_b-n0-s0/val/metrics.json").read_text())
@@ -145,6 +150,7 @@ def test_paper_dry_run_lists_every_job_without_network(tmp_path):
     assert counts["download"] == 4 and counts["prepare"] == 4
     assert counts["train"] == 24 and counts["evaluate"] == 44
     assert counts["tables"] == 4
+    assert "baselines" not in counts  # demo-scale rows only: the paper grid is unchanged
     assert "data/refer/.refcocog.zip.extracted" in out and "data/images/.train2014.zip.extracted" in out
     assert not (work / "data").exists()  # nothing fetched or created
 

@@ -16,7 +16,16 @@ from ris.config import table_runs
 from ris.data.prepare import prepare, read_split
 from ris.data.refer import decode_rle
 from ris.engine.evaluate import encode_masks
-from ris.plots import plot_num_masks, plot_precision, plot_qualitative, plot_training, select_samples, table_figures
+from ris.plots import (
+    plot_num_masks,
+    plot_precision,
+    plot_qualitative,
+    plot_swap,
+    plot_training,
+    select_samples,
+    select_swap_pairs,
+    table_figures,
+)
 from ris.tables import table_spec
 from tests.test_tables import repo_config, write_fixture_metrics
 
@@ -152,6 +161,30 @@ def test_qualitative_grids_show_successes_and_failures(tmp_path, prepared, tiny_
         spec, [tmp_path / "absent.csv", samples[1]], split_table, tiny_synthetic / "images", outs_ok, outs_bad
     )
     assert_valid_figure(outs_ok[0])
+
+
+def test_swap_grid_shows_two_sentences_of_one_image(tmp_path, prepared, tiny_synthetic):
+    cfg = repo_config(tmp_path / "results")
+    spec = table_spec(cfg, "main")
+    split_table = prepared / "val.parquet"
+    samples = fake_samples(split_table, tmp_path / "s.csv", shift=0, seed=0)
+    outs = [tmp_path / "swap.png", tmp_path / "swap.pdf"]
+    pairs = plot_swap(spec, samples, split_table, tiny_synthetic / "images", outs, k=3)
+    for p in outs:
+        assert_valid_figure(p)
+    assert 1 <= len(pairs) <= 3
+    for a, b in pairs:  # same image, two different refs
+        assert a["image_id"] == b["image_id"] and a["ref_id"] != b["ref_id"]
+    lower = [min(a["iou"], b["iou"]) for a, b in pairs]
+    assert lower == sorted(lower, reverse=True)
+
+
+def test_select_swap_pairs_is_deterministic():
+    df = pd.DataFrame(
+        {"image_id": [1, 1, 2, 2, 3], "ref_id": [1, 2, 3, 4, 5], "sent_id": [10, 20, 30, 40, 50],
+         "iou": [0.9, 0.2, 0.6, 0.7, 1.0]}
+    )  # fmt: skip
+    assert [(int(a["ref_id"]), int(b["ref_id"])) for a, b in select_swap_pairs(df, 5)] == [(3, 4), (1, 2)]
 
 
 def test_select_samples_is_deterministic():

@@ -39,8 +39,10 @@ TABLES = {
     },
 }
 FIGURES = {
-    "mask_number": ["precision", "num_masks", "training", "qualitative_successes", "qualitative_failures"],
-    "main": ["precision", "training", "qualitative_successes", "qualitative_failures"],
+    "mask_number": [
+        "precision", "num_masks", "training", "qualitative_successes", "qualitative_failures", "qualitative_swap",
+    ],
+    "main": ["precision", "training", "qualitative_successes", "qualitative_failures", "qualitative_swap"],
 }
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -101,7 +101,7 @@ class CoupAlign(RISModel):
             )
             for c in chans
         )
-        self.decoder = TopDownDecoder(chans, self.option("decoder_hidden", None))
+        self.decoder = TopDownDecoder(chans)
         self.pixel_embed = nn.Conv2d(self.decoder.hidden, dim, 1)
         self.sentence_proj = nn.Linear(self.text.dim, dim)
         if self.num_masks:

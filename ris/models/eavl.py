@@ -90,7 +90,7 @@ class EAVL(RISModel):
         if self.num_queries < 1:
             raise ValueError(f"EAVL needs at least one query, got {self.num_queries}")
         self.fusions = pwam_fusions(self)
-        self.decoder = TopDownDecoder(chans, self.option("decoder_hidden", None))
+        self.decoder = TopDownDecoder(chans)
         self.query_generator = MultiQueryGenerator(self.num_queries, chans[3], self.text.dim, dim)
         self.query_decoder = QueryDecoder(
             chans[1:],

@@ -92,7 +92,7 @@ class JMCELN(RISModel):
             raise ValueError(f"stage_weights {weights} must be {stages} values with a positive sum")
         self.stage_weights = weights
         self.fusions = pwam_fusions(self)
-        self.decoder = TopDownDecoder(chans, self.option("decoder_hidden", None))
+        self.decoder = TopDownDecoder(chans)
         self.context = nn.Parameter(torch.randn(self.option("context_tokens", 4), dim))
         self.word_proj = nn.Linear(self.text.dim, dim)
         self.sentence_proj = nn.Linear(self.text.dim, dim)

@@ -66,7 +66,7 @@ class LAVT(RISModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.fusions = pwam_fusions(self)
-        self.decoder = TopDownDecoder(self.backbone.channels, self.option("decoder_hidden", None))
+        self.decoder = TopDownDecoder(self.backbone.channels)
         self.classifier = nn.Conv2d(self.decoder.hidden, 2, 1)
 
     def forward(

@@ -1,7 +1,8 @@
 # Tables, figures and the Snakemake report, from the metrics.json files (the source of truth for every
 # number) and the published numbers in ris/resources/published_results.csv.
 #   results/tables/<table>.{csv,md,tex,html}
-#   results/plots/<table>/{precision,num_masks,training,qualitative_successes,qualitative_failures}.{png,pdf}
+#   results/plots/<table>/{precision,num_masks,training,qualitative_successes,qualitative_failures,
+#                          qualitative_swap}.{png,pdf}
 # `snakemake --report results/report.html` gathers them, grouped by table (captions: workflow/report/).
 # Helper functions (spec_json, report_targets, ...) are in common.smk.
 
@@ -148,6 +149,14 @@ rule plot_qualitative:
             labels={"table": "{table}", "figure": "failures (lowest IoU)"},
         ),
         failures_pdf=f"{RESULTS}/plots/{{table}}/qualitative_failures.pdf",
+        swap=report(
+            f"{RESULTS}/plots/{{table}}/qualitative_swap.png",
+            caption="../report/swap.rst",
+            category="{table}",
+            subcategory="3. Qualitative",
+            labels={"table": "{table}", "figure": "swap the sentence"},
+        ),
+        swap_pdf=f"{RESULTS}/plots/{{table}}/qualitative_swap.pdf",
     params:
         spec=spec_json,
         split=lambda wildcards: grid_split(wildcards.table)[1],
@@ -162,4 +171,5 @@ rule plot_qualitative:
         "python -m ris plot qualitative --spec {params.spec:q} --samples {input.samples:q}"
         " --split-table {input.prepared:q}/{params.split}.parquet --images {params.images:q}"
         " --out {output.successes:q} {output.successes_pdf:q}"
-        " --out-failures {output.failures:q} {output.failures_pdf:q} > {log} 2>&1"
+        " --out-failures {output.failures:q} {output.failures_pdf:q}"
+        " --out-swap {output.swap:q} {output.swap_pdf:q} > {log} 2>&1"
