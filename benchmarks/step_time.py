@@ -143,8 +143,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="images per step (demo 8, paper 2)")
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: demo 1, paper all CPUs)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps after the warm-up (demo 5, paper 1)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 5; paper size on a CPU: 1)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1; CUDA: 3)")
     ap.add_argument("--methods", nargs="*", default=sorted(METHODS))
     ap.add_argument("--backbones", nargs="*", default=sorted(BACKBONES))
     ap.add_argument("--num-masks", type=int, default=100, help="CoupAlign's N (the paper's best: 100)")
@@ -156,13 +156,15 @@ def main() -> None:
     a = ap.parse_args()
     a.image = a.image or (480 if a.paper else 128)
     a.batch = a.batch or (2 if a.paper else 8)
-    a.steps = a.steps or (1 if a.paper else 5)
     a.channels_last = a.paper if a.channels_last is None else a.channels_last
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))  # fmt: skip
+    cuda = device.type == "cuda"
+    a.steps = a.steps if a.steps is not None else (1 if a.paper and not cuda else 5)
+    a.warmup = a.warmup if a.warmup is not None else (3 if cuda else 1)
     if a.precision == "auto":
         a.precision = "bf16" if device.type == "cuda" else "fp32"
-    torch.set_num_threads(a.threads or (os.cpu_count() or 1 if a.paper else 1))
+    torch.set_num_threads(a.threads or ((os.cpu_count() or 1) if a.paper else 1))
     unit = "GPU memory allocated" if device.type == "cuda" else "peak RSS"
     print(f"# step time at {a.image}x{a.image}, batch {a.batch}, {a.precision}, "
           f"{'full' if a.paper else 'tiny'} networks, on {device.type}: {machine(device)}", flush=True)  # fmt: skip
