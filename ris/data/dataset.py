@@ -6,7 +6,7 @@ as LAVT does. No flips or crops: expressions say "left" and "right".
 
 Speed (``benchmarks/data_path.py``): Pillow decodes (libjpeg-turbo); the uint8 image is resized by
 torchvision's vectorised antialiased bilinear kernel (Pillow's ``resize(BILINEAR)`` within one grey level,
-about 3x faster) and normalised in one fused multiply-subtract; targets are uint8. Per DataLoader worker
+2-3x faster) and normalised in one fused multiply-subtract; targets are uint8. Per DataLoader worker
 that is about 1.6x the samples/s of the former all-Pillow + NumPy item at 480 px. (torchvision's
 ``decode_jpeg`` saves only ~0.2 ms more per image and is deprecated in favour of TorchCodec.)
 
