@@ -56,7 +56,7 @@ def read_image(path: Path) -> Image.Image:
 
 
 def unknown_words(tokenizer, sentence: str) -> list[str]:
-    """Words of ``sentence`` the tokenizer maps to [UNK] (demo vocabularies only know the training words)."""
+    """Words of ``sentence`` the tokenizer maps to [UNK] (a vocabulary built from training sentences knows few)."""
     unk = getattr(tokenizer, "unk_token", "[UNK]")
     out = []
     for word in sentence.split():
