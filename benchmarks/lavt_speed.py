@@ -1,7 +1,7 @@
 """Speed of our paper-size LAVT (Swin-B window 12 + PWAMs + gates + decoder, BERT excluded), beside the official code.
 
 Usage: python benchmarks/lavt_speed.py [--threads 2] [--repeats 3] [--batches 1] [--train-batch 4]
-       [--image 480] [--profile 10]
+       [--image 480] [--profile 10] [--option channels_last_fusion ...]
 
 ``RISModel.forward_words`` on random word features (20 slots, 12 real), random weights (the time does not
 depend on them), eval mode: forward without grad, and forward + backward of the mask loss. On the CPU fp32;
@@ -34,10 +34,10 @@ OFFICIAL_S = {"forward": 2.29, "forward+backward": 8.33}
 WORDS, REAL_WORDS = 20, 12
 
 
-def build(image: int) -> RISModel:
-    """The paper-size LAVT (Swin-B full, random init: nothing is downloaded)."""
+def build(image: int, options: dict[str, Any]) -> RISModel:
+    """The paper-size LAVT (Swin-B full, random init: nothing is downloaded) with speed ``options``."""
     torch.manual_seed(0)
-    return build_model(ModelConfig(method="lavt", size="full", image_size=image)).eval()
+    return build_model(ModelConfig(method="lavt", size="full", image_size=image, options=options)).eval()
 
 
 def inputs(batch: int, image: int, dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -108,15 +108,19 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=4, help="extra forward+backward row at this batch; 0: none")
     ap.add_argument("--image", type=int, default=480)
     ap.add_argument("--profile", type=int, default=0, help="print the top N ops of one forward+backward")
+    ap.add_argument(
+        "--option", action="append", default=[], help="a model option to switch on, e.g. channels_last_fusion"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build(a.image).to(device)
+    options = dict.fromkeys(a.option, True)
+    model = build(a.image, options).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     print(machine(device))
     params = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.text.parameters())
-    print(f"parameters without BERT: {params:,}")
+    print(f"parameters without BERT: {params:,}; options switched on: {', '.join(a.option) or 'none'}")
     rows: list[list[Any]] = []
     plan = [(b, False) for b in a.batches] + [(b, True) for b in a.batches]
     if a.train_batch and a.train_batch not in a.batches:

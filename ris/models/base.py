@@ -56,6 +56,8 @@ class RISModel(nn.Module):
         self.text = lookup(TEXT_ENCODERS, "text encoder", cfg.text_encoder)(
             cfg.size, cfg.vocab_size, cfg.pretrained_text
         )
+        # speed switch (opt-in, numerically equivalent up to rounding): no NHWC->NCHW copies around fusions
+        self.backbone.channels_last_fusion = bool(self.option("channels_last_fusion", False))
         if self.option("freeze_text", False):
             self.text.freeze()
         #: PWAM's language norm (:class:`ris.models.blocks.PixelWordAttention`): "instance" as the official code.
