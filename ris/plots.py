@@ -255,6 +255,33 @@ def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, floa
     return np.clip(out, 0, 1)
 
 
+def _load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _truth_mask(truth: pd.DataFrame, ref_id: int, sent_id: int, height: int, width: int) -> np.ndarray:
+    """Ground-truth mask of a sample (``truth``: the prepared split indexed by ref and sentence) at an image size."""
+    row = truth.loc[(ref_id, sent_id)]
+    return _resize_mask(_decode(row["rle"], int(row["height"]), int(row["width"])), height, width)
+
+
+def _wrap(sentence: str) -> str:
+    return "\n".join(textwrap.wrap(f'"{sentence}"', 28))
+
+
+def _draw_panels(axes_row: Sequence[plt.Axes], panels: Sequence[tuple[np.ndarray | None, str]]) -> None:
+    """One grid row: each panel's image (or "missing") without ticks, under its title."""
+    for ax, (img, title) in zip(axes_row, panels):
+        if img is None:
+            _blank(ax, "missing")
+        else:
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_title(title, fontsize=8)
+
+
 def select_samples(samples: pd.DataFrame, k: int, worst: bool) -> pd.DataFrame:
     """``k`` samples of distinct refs with the highest (or lowest) IoU; ties broken by ids, deterministic."""
     order = samples.sort_values(["iou", "ref_id", "sent_id"], ascending=[worst, True, True], kind="mergesort")
@@ -299,12 +326,10 @@ def plot_qualitative(
             for ax in axes.flat:
                 _blank(ax, "no samples")
         for i, s in enumerate(picked.itertuples()):
-            gt_row = truth.loc[(s.ref_id, s.sent_id)]
-            with Image.open(Path(images_dir) / s.file_name) as im:
-                image = np.asarray(im.convert("RGB"))
+            image = _load_rgb(Path(images_dir) / s.file_name)
             h, w = image.shape[:2]
-            gt = _resize_mask(_decode(gt_row["rle"], int(gt_row["height"]), int(gt_row["width"])), h, w)
-            expression = "\n".join(textwrap.wrap(f'"{s.sentence}"', 28))
+            gt = _truth_mask(truth, s.ref_id, s.sent_id, h, w)
+            expression = _wrap(s.sentence)
             panels = [(image / 255.0, expression), (overlay(image, gt, GT_COLOR), "ground truth")]
             for name, df in runs:
                 hit = None if df is None else df[(df["ref_id"] == s.ref_id) & (df["sent_id"] == s.sent_id)]
@@ -314,14 +339,7 @@ def plot_qualitative(
                 size = int(hit["pred_size"].iloc[0])
                 pred = _resize_mask(_decode(hit["pred_rle"].iloc[0], size, size), h, w)
                 panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * hit['iou'].iloc[0]:.1f}"))
-            for ax, (img, title) in zip(axes[i], panels):
-                if img is None:
-                    _blank(ax, "missing")
-                else:
-                    ax.imshow(img)
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                ax.set_title(title, fontsize=8)
+            _draw_panels(axes[i], panels)
         what = "best" if not worst else "worst"
         fig.suptitle(
             f"{spec['name']}: {kind} ({what} IoU of {focus_name}, {where})"
@@ -367,23 +385,16 @@ def plot_swap(
         for ax in axes.flat:
             _blank(ax, "no image with two refs")
     for i, pair in enumerate(pairs):
-        with Image.open(Path(images_dir) / pair[0]["file_name"]) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = _load_rgb(Path(images_dir) / pair[0]["file_name"])
         h, w = image.shape[:2]
-        panels = [(image / 255.0, "image")]
+        panels: list[tuple[np.ndarray | None, str]] = [(image / 255.0, "image")]
         for s in pair:
-            gt_row = truth.loc[(s["ref_id"], s["sent_id"])]
-            gt = _resize_mask(_decode(gt_row["rle"], int(gt_row["height"]), int(gt_row["width"])), h, w)
+            gt = _truth_mask(truth, s["ref_id"], s["sent_id"], h, w)
             size = int(s["pred_size"])
             pred = _resize_mask(_decode(s["pred_rle"], size, size), h, w)
-            expression = "\n".join(textwrap.wrap(f'"{s["sentence"]}"', 28))
-            panels.append((overlay(image, gt, GT_COLOR), f"{expression}\nground truth"))
+            panels.append((overlay(image, gt, GT_COLOR), f"{_wrap(s['sentence'])}\nground truth"))
             panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * s['iou']:.1f}"))
-        for ax, (img, title) in zip(axes[i], panels):
-            ax.imshow(img)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(title, fontsize=8)
+        _draw_panels(axes[i], panels)
     d0, splits0 = spec_datasets(spec)[0]
     fig.suptitle(
         f"{spec['name']}: swap the sentence ({name}, {dataset_display(d0)} {splits0[0]})"

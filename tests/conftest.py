@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +44,23 @@ def tiny_synthetic(tmp_path_factory) -> Path:
     )
     synthesize(root, cfg)
     return root
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread (as ``--threads 1`` jobs): on a small shared CPU two spinning threads run slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module() -> Iterator[None]:
+    """:func:`one_thread` for a whole test module: ``pytestmark = pytest.mark.usefixtures("one_thread_module")``."""
+    with one_thread():
+        yield

@@ -24,7 +24,7 @@ import torch
 from ris.engine.checkpoint import load_checkpoint
 from ris.engine.preemption import PREEMPT_EXIT_CODE
 from ris.engine.sampler import StepSampler, micro_seed, plan_batches
-from tests.conftest import REPO
+from tests.conftest import REPO, one_thread
 
 # Global batch 4 in micro-batches of 2: one process accumulates 2, two DDP processes run 1 each.
 TRAIN = {
@@ -67,9 +67,11 @@ def store(tmp_path_factory) -> str:
     return uri
 
 
-def make_config(data: dict[str, Path], uri: str, experiment: str = "engine", **train: Any) -> dict[str, Any]:
-    """A resolved run configuration, as ``ris.config.run_config`` builds it."""
-    return {
+def make_config(
+    data: dict[str, Path], uri: str, experiment: str = "engine", model: dict[str, Any] | None = None, **train: Any
+) -> dict[str, Any]:
+    """A resolved run configuration, as ``ris.config.run_config`` builds it; ``model``/``train`` override keys."""
+    cfg = {
         "run": "synthetic/lavt-swin_b-n0-s0",
         "dataset": "synthetic",
         "seed": 0,
@@ -92,23 +94,14 @@ def make_config(data: dict[str, Path], uri: str, experiment: str = "engine", **t
             "tags": {"dataset": "synthetic", "method": "lavt", "backbone": "swin_b", "num_masks": "0", "seed": "0"},
         },
     }
-
-
-class OneThread:
-    """Train in this process with one thread, like the ``--threads 1`` subprocesses."""
-
-    def __enter__(self) -> None:
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.n)
+    cfg["model"].update(model or {})
+    return cfg
 
 
 def train_here(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     from ris.engine.train import train
 
-    with OneThread():
+    with one_thread():
         return train(cfg, out, progress=False)
 
 
@@ -336,7 +329,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     cfg = make_config(prepared_tiny, store)
     out = tmp_path / "nan"
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    with OneThread():
+    with one_thread():
         rc = cli.main(["train", "--run-config", str(tmp_path / "cfg.json"), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2

@@ -22,6 +22,8 @@ from ris.data.dataset import ReferSplit
 from ris.data.prepare import prepare, read_split
 from ris.data.synthetic import SyntheticConfig, synthesize
 from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from tests.conftest import one_thread
+from tests.test_engine import make_config
 
 DEMO_OPTIONS = {"dice_weight": 1.0, "freeze_text": True, "lang_norm": "none"}
 SIZE = 48
@@ -45,36 +47,12 @@ def grounding_data(tmp_path_factory) -> dict[str, Path]:
 
 
 def _config(data: dict[str, Path], uri: str) -> dict[str, Any]:
-    return {
-        "run": "synthetic/lavt-swin_b-n0-s0",
-        "dataset": "synthetic",
-        "seed": 0,
-        "data": {"prepared_dir": str(data["prepared"]), "images_dir": str(data["images"])},
-        "model": {
-            "method": "lavt",
-            "backbone": "swin_b",
-            "text_encoder": "bert-base-uncased",
-            "size": "tiny",
-            "image_size": SIZE,
-            "num_masks": 0,
-            "pretrained_backbone": False,
-            "pretrained_text": "all-MiniLM-L6-v2",
-            "options": dict(DEMO_OPTIONS),
-        },
-        "train": {
-            "image_size": SIZE,
-            "max_tokens": 20,
-            "epochs": 8,
-            "batch_size": 8,
-            "lr": 1.0e-3,
-            "weight_decay": 0.01,
-            "poly_power": 0.9,
-            "num_workers": 0,
-            "device": "cpu",
-            "precision": "fp32",
-        },
-        "tracking": {"uri": uri, "experiment": "grounding", "tags": {}},
-    }
+    """The engine tests' run configuration with the demo's text encoder and options, trained for real."""
+    model = {"image_size": SIZE, "pretrained_text": "all-MiniLM-L6-v2", "options": dict(DEMO_OPTIONS)}
+    return make_config(
+        data, uri, "grounding", model=model, image_size=SIZE, epochs=8, batch_size=8, micro_batch_size=None,
+        max_steps_per_epoch=None, checkpoint_every_steps=0, log_every_steps=0, precision="fp32",
+    )  # fmt: skip
 
 
 def _train_and_probe(data: dict[str, Path], out: Path, zero_language: bool = False) -> dict[str, float]:
@@ -91,8 +69,6 @@ def _train_and_probe(data: dict[str, Path], out: Path, zero_language: bool = Fal
     out.mkdir(parents=True, exist_ok=True)
     init_store(uri)
     forward = PixelWordAttention.forward
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         if zero_language:  # the control: PWAM sees zeros instead of the words
 
@@ -100,7 +76,8 @@ def _train_and_probe(data: dict[str, Path], out: Path, zero_language: bool = Fal
                 return forward(self, vis, torch.zeros_like(words), mask)
 
             PixelWordAttention.forward = no_words
-        train(_config(data, uri), out / "run", progress=False)
+        with one_thread():
+            train(_config(data, uri), out / "run", progress=False)
         model, tokenizer, _ = model_from_checkpoint(load_checkpoint(out / "run" / "model.pt"))
         table = read_split(data["prepared"] / "val.parquet").groupby("ref_id", sort=True).head(1)
         pairs = [g.index.tolist() for _, g in table.groupby("image_id") if g["ref_id"].nunique() == 2]
@@ -108,11 +85,10 @@ def _train_and_probe(data: dict[str, Path], out: Path, zero_language: bool = Fal
         ds = ReferSplit(table.loc[[i for p in pairs for i in p]], data["images"], SIZE, tokenizer, 20)
         batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("image", "input_ids", "attention_mask")}
         targets = torch.stack([ds[i]["target"] for i in range(len(ds))]).bool()
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             pred = model.predict(batch["image"], batch["input_ids"], batch["attention_mask"], (SIZE, SIZE))
     finally:
         PixelWordAttention.forward = forward
-        torch.set_num_threads(threads)
     a, b = pred[0::2], pred[1::2]
     ta, tb = targets[0::2], targets[1::2]
 

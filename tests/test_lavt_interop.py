@@ -26,12 +26,7 @@ TOLERANCE = 1e-4
 PAPER_PARAMS = {"backbone": 98_196_856, "classifier": 20_651_010, "bert": 108_891_648}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

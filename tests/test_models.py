@@ -39,13 +39,7 @@ EXTRA_CASES = [
 GRID = [(m, b, DEFAULT_MASKS.get(m, 0), {}) for m in sorted(METHODS) for b in sorted(BACKBONES)] + EXTRA_CASES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small, shared CPU, two spinning threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _model(

@@ -11,13 +11,7 @@ from ris.interop.lavt import load_official
 from ris.models import ModelConfig, build_model
 from tests.test_lavt_interop import REFERENCE, TOLERANCE, max_differences
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def test_switches_off_by_default():

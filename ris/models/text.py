@@ -85,7 +85,8 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def _frozen_words(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        keys = [i.cpu().numpy().tobytes() + m.cpu().numpy().tobytes() for i, m in zip(input_ids, attention_mask)]
+        ids, mask = input_ids.cpu().numpy(), attention_mask.cpu().numpy()  # one device copy per batch
+        keys = [i.tobytes() + m.tobytes() for i, m in zip(ids, mask)]
         out = []
         for i, key in enumerate(keys):
             words = self._cache.get(key)
