@@ -209,13 +209,16 @@ def test_report_opens_in_headless_chromium_with_every_table_and_image(dag, tmp_p
             assert rec["width"] > 200 and rec["height"] > 150 and rec["colors"] > 20, (path, rec)
         assert rec["caption"].strip(), f"{path}: no caption"
     t3 = found["results"]["results/tables/mask_number.html"]
-    assert t3["header"] == ["N", "Numbers", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"]
-    assert [row[0] for row in t3["rows"] if row[0]] == ["0", "20", "100"]
+    assert t3["header"] == ["N", "Numbers", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "RefAcc"]
+    assert [row[0] for row in t3["rows"] if row[0]] == [
+        "0", "20", "100", "all foreground", "a random object", "the largest object"
+    ]  # fmt: skip
     assert [row[1] for row in t3["rows"][:3]] == ["reproduced", "published", "Δ"]
     assert t3["rows"][1][2] == "73.85"  # published mIoU of N = 0
     assert "synthetic" in t3["caption_text"]
     main_t = found["results"]["results/tables/main.html"]
-    assert main_t["tables"] == 2 and main_t["rows"][0][:3] == ["LTS", "Darknet-53", "published (cited)"]
+    # one HTML table per metric block: oIoU, mIoU and the demo's RefAcc
+    assert main_t["tables"] == 3 and main_t["rows"][0][:3] == ["LTS", "Darknet-53", "published (cited)"]
     assert found["content_img"] and found["content_img"]["width"] > 200
 
     # A screenshot of the report app showing Table 3 (an HTML result in the content pane): not blank.
