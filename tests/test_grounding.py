@@ -25,7 +25,7 @@ from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import one_thread
 from tests.test_engine import make_config
 
-DEMO_OPTIONS = {"dice_weight": 1.0, "freeze_text": True, "lang_norm": "none"}
+DEMO_OPTIONS = {"dice_weight": 1.0, "freeze_text": True, "lang_norm": "none", "word_dim": 64, "decoder_dim": 64}
 SIZE = 48
 
 

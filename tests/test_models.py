@@ -35,6 +35,9 @@ EXTRA_CASES = [
     ("eavl", "swin_b", 0, {"num_queries": 4}),
     ("jmceln", "swin_b", 0, {"num_stages": 1, "context_tokens": 1}),
 ]
+# The demo preset's narrower widths (options word_dim, decoder_dim), on every method.
+NARROW = {"word_dim": 16, "decoder_dim": 32}
+EXTRA_CASES += [(m, "swin_b", DEFAULT_MASKS.get(m, 0), NARROW) for m in sorted(METHODS)]
 
 GRID = [(m, b, DEFAULT_MASKS.get(m, 0), {}) for m in sorted(METHODS) for b in sorted(BACKBONES)] + EXTRA_CASES
 
@@ -107,6 +110,31 @@ def test_forward_loss_backward(case):
     assert not bad, f"non-finite gradient: {bad}"
     pred = model.eval().predict(images, ids, mask, (IMAGE, IMAGE))
     assert pred.shape == (2, IMAGE, IMAGE) and pred.dtype == torch.bool
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_word_dim_and_decoder_dim_set_the_widths(method):
+    """word_dim: one projection of the words, which every fusion then takes; decoder_dim: the pixel decoder's
+    width. Unset (paper scale), the model has no projection and LAVT's widths (its keys stay official)."""
+    narrow = _model(method, num_masks=DEFAULT_MASKS.get(method, 0), options=NARROW)
+    plain = _model(method, num_masks=DEFAULT_MASKS.get(method, 0))
+    assert narrow.lang_dim == 16 and narrow.text_proj.in_features == plain.text.dim == plain.lang_dim
+    assert narrow.decoder.hidden == 32 and plain.decoder.hidden == plain.backbone.channels[3] // 2
+    assert not any(k.startswith("text_proj.") for k in plain.state_dict())
+    keys = [m for name, m in narrow.named_modules() if name.startswith("fusions.") and name.endswith("pwam.key")]
+    assert len(keys) == 4 and all(m.in_features == 16 for m in keys)
+
+
+def test_lavt_forward_words_projects_text_features():
+    """forward_words takes the text encoder's features, as the official model does; word_dim applies inside."""
+    torch.manual_seed(0)
+    model = _model("lavt", options=NARROW).eval()
+    images, ids, mask, _ = _batch()
+    words, _ = model.text(ids, mask)
+    with torch.no_grad():
+        a = model(images, ids, mask)["logits"]
+        b = model.forward_words(images, words, mask)["logits"]
+    assert torch.equal(a, b)
 
 
 def test_coupalign_without_masks_has_no_sma():

@@ -99,7 +99,7 @@ _RELATION_PHRASES: dict[str, tuple[str, ...]] = {
     "above": ("above", "over"),
     "below": ("below", "under", "beneath"),
 }
-_FUNCTION_WORDS: tuple[str, ...] = ("the", "a", "that", "is", "and", "in")
+_FUNCTION_WORDS: tuple[str, ...] = ("the", "a", "an", "that", "is", "and", "in")
 
 Spec = dict[str, Any]
 
@@ -347,7 +347,9 @@ def _noun_phrase(
     else:
         words = [*adjs, noun]
     if article:
-        det = "a" if form == "pred" and rng.random() < 0.5 else "the"
+        det = "the"
+        if form == "pred" and rng.random() < 0.5:
+            det = "an" if noun[0] in "aeiou" else "a"
         words = [det, *words]
     return " ".join(w for w in words if w)
 

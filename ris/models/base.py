@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ris.models.blocks import TopDownDecoder
 from ris.models.losses import dice_loss, resize_logits, weighted_bce
 from ris.models.registry import BACKBONES, TEXT_ENCODERS, lookup
 
@@ -62,6 +63,13 @@ class RISModel(nn.Module):
             self.text.freeze()
         #: PWAM's language norm (:class:`ris.models.blocks.PixelWordAttention`): "instance" as the official code.
         self.lang_norm = str(self.option("lang_norm", "instance"))
+        # Option ``word_dim``: a learned linear projection of the word features to that width before any
+        # fusion (the demo narrows MiniLM's 384 to 64, which the tiny fusion modules and query decoders then
+        # work at); unset, as at paper scale, the fusions see the text encoder's features as they are.
+        word_dim = self.option("word_dim", None)
+        self.text_proj = nn.Linear(self.text.dim, int(word_dim)) if word_dim else None
+        #: Width of the word features the fusion modules and heads receive.
+        self.lang_dim = int(word_dim) if word_dim else self.text.dim
 
     def option(self, name: str, default: Any) -> Any:
         return self.cfg.options.get(name, default)
@@ -91,6 +99,20 @@ class RISModel(nn.Module):
                 f"checkpoint weights do not fit the {self.cfg.method} model: missing {', '.join(missing) or 'none'}; "
                 f"unexpected {', '.join(unexpected) or 'none'}"
             )
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Word features (B, L, :attr:`lang_dim`) of the token ids: the text encoder, then ``word_dim``."""
+        words, _ = self.text(input_ids, attention_mask)
+        return self.project_words(words)
+
+    def project_words(self, words: torch.Tensor) -> torch.Tensor:
+        """The option ``word_dim``'s projection of text-encoder word features (identity when unset)."""
+        return words if self.text_proj is None else self.text_proj(words)
+
+    def pixel_decoder(self) -> TopDownDecoder:
+        """LAVT's top-down decoder over the backbone's stages, every method's pixel decoder; option
+        ``decoder_dim`` sets its width (default LAVT's: half the last stage's channels)."""
+        return TopDownDecoder(self.backbone.channels, self.option("decoder_dim", None))
 
     def encode(
         self,

@@ -49,7 +49,6 @@ from ris.models.blocks import (
     AttentionLayer,
     DynamicMaskHead,
     QueryDecoder,
-    TopDownDecoder,
     flatten_hw,
     masked_mean,
     weighted_mask_sum,
@@ -93,7 +92,7 @@ class CoupAlign(RISModel):
         self.fusions = nn.ModuleList(
             WordPixelAlignment(
                 c,
-                self.text.dim,
+                self.lang_dim,
                 self.option("fusion_heads", 1),
                 self.option("wpa_heads", 8),
                 self.option("fusion_dropout", 0.0),
@@ -101,9 +100,9 @@ class CoupAlign(RISModel):
             )
             for c in chans
         )
-        self.decoder = TopDownDecoder(chans)
+        self.decoder = self.pixel_decoder()
         self.pixel_embed = nn.Conv2d(self.decoder.hidden, dim, 1)
-        self.sentence_proj = nn.Linear(self.text.dim, dim)
+        self.sentence_proj = nn.Linear(self.lang_dim, dim)
         if self.num_masks:
             self.query_feat = nn.Embedding(self.num_masks, dim)
             self.query_pos = nn.Embedding(self.num_masks, dim)
@@ -122,7 +121,7 @@ class CoupAlign(RISModel):
     def forward(
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> dict[str, Any]:
-        words, _ = self.text(input_ids, attention_mask)
+        words = self.encode_text(input_ids, attention_mask)
         feats, words = self.encode(images, words, attention_mask, self.fusions)
         pix = self.decoder(feats)
         emb = self.pixel_embed(pix)

@@ -47,7 +47,6 @@ from ris.models.blocks import (
     CrossAttention,
     DynamicMaskHead,
     QueryDecoder,
-    TopDownDecoder,
     flatten_hw,
     weighted_mask_sum,
 )
@@ -90,8 +89,8 @@ class EAVL(RISModel):
         if self.num_queries < 1:
             raise ValueError(f"EAVL needs at least one query, got {self.num_queries}")
         self.fusions = pwam_fusions(self)
-        self.decoder = TopDownDecoder(chans)
-        self.query_generator = MultiQueryGenerator(self.num_queries, chans[3], self.text.dim, dim)
+        self.decoder = self.pixel_decoder()
+        self.query_generator = MultiQueryGenerator(self.num_queries, chans[3], self.lang_dim, dim)
         self.query_decoder = QueryDecoder(
             chans[1:],
             dim,
@@ -106,7 +105,7 @@ class EAVL(RISModel):
     def forward(
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> dict[str, Any]:
-        words, _ = self.text(input_ids, attention_mask)
+        words = self.encode_text(input_ids, attention_mask)
         feats, _ = self.encode(images, words, attention_mask, self.fusions)
         pix = self.decoder(feats)
         q, probes = self.query_generator(feats[3], words, attention_mask)

@@ -34,7 +34,6 @@ from ris.models.base import ModelConfig, RISModel
 from ris.models.blocks import (
     CrossAttention,
     DynamicMaskHead,
-    TopDownDecoder,
     conv_bn_relu,
     mask_pool,
     masked_mean,
@@ -82,7 +81,6 @@ class JMCELN(RISModel):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        chans = self.backbone.channels
         dim = self.option("hidden_dim", 256 if cfg.size == "full" else 64)
         stages = int(self.option("num_stages", 3))
         if stages < 1:
@@ -92,10 +90,10 @@ class JMCELN(RISModel):
             raise ValueError(f"stage_weights {weights} must be {stages} values with a positive sum")
         self.stage_weights = weights
         self.fusions = pwam_fusions(self)
-        self.decoder = TopDownDecoder(chans)
+        self.decoder = self.pixel_decoder()
         self.context = nn.Parameter(torch.randn(self.option("context_tokens", 4), dim))
-        self.word_proj = nn.Linear(self.text.dim, dim)
-        self.sentence_proj = nn.Linear(self.text.dim, dim)
+        self.word_proj = nn.Linear(self.lang_dim, dim)
+        self.sentence_proj = nn.Linear(self.lang_dim, dim)
         self.stages = nn.ModuleList(
             ContextStage(self.decoder.hidden, dim, self.option("heads", 8)) for _ in range(stages)
         )
@@ -103,7 +101,7 @@ class JMCELN(RISModel):
     def forward(
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> dict[str, Any]:
-        words, _ = self.text(input_ids, attention_mask)
+        words = self.encode_text(input_ids, attention_mask)
         feats, words = self.encode(images, words, attention_mask, self.fusions)
         pixels = self.decoder(feats)
         sentence = self.sentence_proj(masked_mean(words, attention_mask))

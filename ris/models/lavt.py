@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ris.models.base import ModelConfig, RISModel
-from ris.models.blocks import ChannelNorm, LanguageGate, PixelWordAttention, TopDownDecoder
+from ris.models.blocks import ChannelNorm, LanguageGate, PixelWordAttention
 from ris.models.registry import register_method
 
 
@@ -56,7 +56,7 @@ def pwam_fusions(model: RISModel) -> nn.ModuleList:
     The LAVT encoder, shared by every method that fuses language this way (LAVT, EAVL, JMCELN).
     """
     heads, drop, norm = model.option("fusion_heads", 1), model.option("fusion_dropout", 0.0), model.lang_norm
-    return nn.ModuleList(PWAMFusion(c, model.text.dim, heads, drop, norm) for c in model.backbone.channels)
+    return nn.ModuleList(PWAMFusion(c, model.lang_dim, heads, drop, norm) for c in model.backbone.channels)
 
 
 @register_method("lavt")
@@ -66,7 +66,7 @@ class LAVT(RISModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.fusions = pwam_fusions(self)
-        self.decoder = TopDownDecoder(self.backbone.channels)
+        self.decoder = self.pixel_decoder()
         self.classifier = nn.Conv2d(self.decoder.hidden, 2, 1)
 
     def forward(
@@ -77,7 +77,8 @@ class LAVT(RISModel):
 
     def forward_words(self, images: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> dict[str, Any]:
         """``logits`` (B, 1, H/4, W/4), and the official model's intermediate outputs: ``features`` (the four
-        LayerNorm-ed PWAM maps handed to the decoder) and ``scores`` (the two class scores at 1/4 size)."""
-        feats, _ = self.encode(images, words, word_mask, self.fusions)
+        LayerNorm-ed PWAM maps handed to the decoder) and ``scores`` (the two class scores at 1/4 size).
+        ``words`` are the text encoder's features (the option ``word_dim`` projects them here)."""
+        feats, _ = self.encode(images, self.project_words(words), word_mask, self.fusions)
         scores = self.classifier(self.decoder(feats))
         return {"logits": scores[:, 1:2] - scores[:, 0:1], "scores": scores, "features": feats}
