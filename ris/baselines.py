@@ -43,6 +43,8 @@ def baseline_masks(name: str, table: pd.DataFrame, objects: dict[int, list[dict]
     """The baseline's prediction of every row of ``table``, (N, size, size) bool, at the evaluation size."""
     from pycocotools import mask as mask_utils
 
+    from ris.engine.evaluate import mask_at
+
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     rng = np.random.default_rng(seed)
@@ -58,16 +60,8 @@ def baseline_masks(name: str, table: pd.DataFrame, objects: dict[int, list[dict]
             rle = objs[int(rng.integers(len(objs)))]
         else:
             rle = max(objs, key=lambda o: float(mask_utils.area(o)))
-        out[k] = _mask_at(rle["counts"], r.height, r.width, size)
+        out[k] = mask_at(rle["counts"], r.height, r.width, size)
     return out
-
-
-def _mask_at(counts: str | bytes, height: int, width: int, size: int) -> np.ndarray:
-    """An RLE mask resized to (size, size) with nearest neighbour, as the evaluation resizes ground truth."""
-    from ris.data.dataset import resize_mask
-    from ris.data.refer import decode_rle
-
-    return resize_mask(decode_rle(counts, int(height), int(width)), size).numpy().astype(bool)
 
 
 def evaluate_baselines(
@@ -85,11 +79,11 @@ def evaluate_baselines(
 
     from ris.data.prepare import read_split
     from ris.data.refer import load_instances
-    from ris.engine.evaluate import encode_masks, write_results
+    from ris.engine.evaluate import encode_masks, mask_at, write_results
 
     table = read_split(split_table)
     objects = _objects_by_image(load_instances(instances_json))
-    targets = np.stack([_mask_at(r.rle, r.height, r.width, size) for r in table.itertuples()])
+    targets = np.stack([mask_at(r.rle, r.height, r.width, size) for r in table.itertuples()])
     rows = np.arange(len(table))
     results = {}
     for name in names:

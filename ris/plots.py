@@ -266,6 +266,11 @@ def _truth_mask(truth: pd.DataFrame, ref_id: int, sent_id: int, height: int, wid
     return _resize_mask(_decode(row["rle"], int(row["height"]), int(row["width"])), height, width)
 
 
+def _pred_mask(rle: str, size: int, height: int, width: int) -> np.ndarray:
+    """A stored prediction (``samples.csv``: RLE at the evaluation size) at an image size."""
+    return _resize_mask(_decode(rle, size, size), height, width)
+
+
 def _wrap(sentence: str) -> str:
     return "\n".join(textwrap.wrap(f'"{sentence}"', 28))
 
@@ -336,14 +341,12 @@ def plot_qualitative(
                 if hit is None or hit.empty or "pred_rle" not in hit or pd.isna(hit["pred_rle"].iloc[0]):
                     panels.append((None, f"{name}\n(no prediction stored)"))
                     continue
-                size = int(hit["pred_size"].iloc[0])
-                pred = _resize_mask(_decode(hit["pred_rle"].iloc[0], size, size), h, w)
+                pred = _pred_mask(hit["pred_rle"].iloc[0], int(hit["pred_size"].iloc[0]), h, w)
                 panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * hit['iou'].iloc[0]:.1f}"))
             _draw_panels(axes[i], panels)
         what = "best" if not worst else "worst"
         fig.suptitle(
-            f"{spec['name']}: {kind} ({what} IoU of {focus_name}, {where})"
-            + (" (demo scale: synthetic data)" if spec.get("note") else "")
+            _title(spec, f"{kind} ({what} IoU of {focus_name}, {where})")
             + "\noutlined: ground truth (white), prediction (orange); outside the mask dimmed",
             fontsize=9,
         )
@@ -390,15 +393,13 @@ def plot_swap(
         panels: list[tuple[np.ndarray | None, str]] = [(image / 255.0, "image")]
         for s in pair:
             gt = _truth_mask(truth, s["ref_id"], s["sent_id"], h, w)
-            size = int(s["pred_size"])
-            pred = _resize_mask(_decode(s["pred_rle"], size, size), h, w)
+            pred = _pred_mask(s["pred_rle"], int(s["pred_size"]), h, w)
             panels.append((overlay(image, gt, GT_COLOR), f"{_wrap(s['sentence'])}\nground truth"))
             panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * s['iou']:.1f}"))
         _draw_panels(axes[i], panels)
     d0, splits0 = spec_datasets(spec)[0]
     fig.suptitle(
-        f"{spec['name']}: swap the sentence ({name}, {dataset_display(d0)} {splits0[0]})"
-        + (" (demo scale: synthetic data)" if spec.get("note") else "")
+        _title(spec, f"swap the sentence ({name}, {dataset_display(d0)} {splits0[0]})")
         + "\nsame image, two expressions: ground truth (white) and prediction (orange) for each",
         fontsize=9,
     )

@@ -108,7 +108,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[RISModel, Any, dict[str
         tokenizer = load_tokenizer(mcfg.pretrained_text, None)
     else:
         tokenizer = load_tokenizer(None, ckpt.get("vocab"))
-    if not (mcfg.pretrained_text and mcfg.options.get("freeze_text")):
+    if not mcfg.external_text:
         mcfg.pretrained_text = None  # fine-tuned text weights are in the checkpoint: nothing to download
     model = build_model(mcfg)  # a frozen pretrained text encoder loads from its package/folder (offline)
     model.load_checkpoint_state(ckpt["model"])

@@ -121,13 +121,16 @@ def evaluate_split(
     return result
 
 
+def mask_at(counts: str | bytes, height: int, width: int, size: int) -> np.ndarray:
+    """An RLE mask of a (height, width) image at the evaluation size, (size, size) bool: the protocol resizes
+    ground truth with nearest neighbour."""
+    return resize_mask(decode_rle(counts, int(height), int(width)), size).numpy().astype(bool)
+
+
 def ref_masks_at(table: pd.DataFrame, size: int) -> dict[int, dict]:
-    """Ground-truth mask of every ref of a split table at the evaluation size (nearest), as RLE dicts."""
+    """Ground-truth mask of every ref of a split table at the evaluation size, as RLE dicts."""
     first = table.drop_duplicates("ref_id")
-    return {
-        int(r.ref_id): mask_rle(resize_mask(decode_rle(r.rle, int(r.height), int(r.width)), size).numpy())
-        for r in first.itertuples()
-    }
+    return {int(r.ref_id): mask_rle(mask_at(r.rle, r.height, r.width, size)) for r in first.itertuples()}
 
 
 def write_results(

@@ -44,6 +44,12 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def external_text(self) -> bool:
+        """A frozen pretrained text encoder (option ``freeze_text``): its weights come from
+        ``from_pretrained``, not from checkpoints."""
+        return bool(self.pretrained_text and self.options.get("freeze_text", False))
+
 
 class RISModel(nn.Module):
     """Base class: image backbone and text encoder from the registry, fusion loop, loss, prediction."""
@@ -74,22 +80,17 @@ class RISModel(nn.Module):
     def option(self, name: str, default: Any) -> Any:
         return self.cfg.options.get(name, default)
 
-    @property
-    def text_is_external(self) -> bool:
-        """A frozen pretrained text encoder: its weights come from ``from_pretrained``, not from checkpoints."""
-        return bool(self.text.frozen and self.cfg.pretrained_text)
-
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint stores: all, except those of an external text encoder (the demo's frozen
         MiniLM: 90 MB per run that its package already holds)."""
         state = self.state_dict()
-        if self.text_is_external:
+        if self.cfg.external_text:
             state = {k: v for k, v in state.items() if not k.startswith("text.")}
         return state
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load what :meth:`checkpoint_state` stored; every weight but an external text encoder's must be there."""
-        if not self.text_is_external:
+        if not self.cfg.external_text:
             self.load_state_dict(state)
             return
         missing, unexpected = self.load_state_dict(state, strict=False)
