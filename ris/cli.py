@@ -5,7 +5,7 @@
     ris prepare      REFER files -> one Parquet table per split
     ris mlflow-init  create the tracking store once, before the training fan-out
     ris train        train one run from its resolved JSON configuration
-    ris evaluate     evaluate a checkpoint on one split -> metrics.json
+    ris evaluate     evaluate a checkpoint on prepared splits -> <split>/metrics.json
     ris tables       a paper table from metrics.json files and published numbers (CSV, Markdown, LaTeX, HTML)
     ris plot         a table's figures (precision, num_masks, training, qualitative; PNG and PDF)
     ris predict      segment what a sentence refers to in an image, with a trained checkpoint
@@ -101,21 +101,25 @@ def _exit_now(code: int) -> None:
 
 
 def _evaluate(a: argparse.Namespace) -> None:
-    from ris.engine.evaluate import evaluate_split
+    from ris.engine.evaluate import evaluate_splits
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    result = evaluate_split(
+    missing = [s for s in a.splits if not (Path(a.prepared) / f"{s}.parquet").is_file()]
+    if missing:  # before any split is evaluated
+        names = ", ".join(f"{s}.parquet" for s in missing)
+        raise FileNotFoundError(f"{a.prepared}: no prepared table {names} (--splits {' '.join(a.splits)})")
+    results = evaluate_splits(
         Path(a.checkpoint),
-        Path(a.split_table),
+        Path(a.prepared),
+        a.splits,
         Path(a.images),
         Path(a.out),
-        a.split,
         batch_size=a.batch_size,
         device=a.device,
         log_mlflow=not a.no_mlflow,
     )
-    print(json.dumps(result["metrics"], indent=2))
+    print(json.dumps({split: r["metrics"] for split, r in results.items()}, indent=2))
 
 
 def _baselines(a: argparse.Namespace) -> None:
@@ -284,12 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_train)
 
-    s = sub.add_parser("evaluate", help="evaluate a checkpoint on one prepared split")
+    s = sub.add_parser("evaluate", help="evaluate a checkpoint on prepared splits")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--split-table", required=True, help="prepared <split>.parquet")
-    s.add_argument("--split", required=True)
+    s.add_argument("--prepared", required=True, help="folder of the prepared <split>.parquet tables")
+    s.add_argument("--splits", required=True, nargs="+", help="splits to evaluate, e.g. val testA testB")
     s.add_argument("--images", required=True)
-    s.add_argument("--out", required=True, help="folder for metrics.json and samples.csv")
+    s.add_argument("--out", required=True, help="folder for <split>/metrics.json and <split>/samples.csv")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=0)

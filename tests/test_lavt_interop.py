@@ -212,7 +212,7 @@ def test_bad_checkpoint_errors_name_every_problem(tmp_path):
         load_official(_broken(tmp_path, edit))
 
 
-def test_import_writes_a_ris_checkpoint(reference, tiny_synthetic, tmp_path):
+def test_import_writes_a_ris_checkpoint(reference, tiny_synthetic, tmp_path, capsys):
     """With a (random, small-vocabulary) ``bert_model`` and a DAG run config: the ris checkpoint rebuilds
     the same network, and ``ris evaluate`` and ``ris predict`` take it."""
     from PIL import Image
@@ -255,8 +255,11 @@ def test_import_writes_a_ris_checkpoint(reference, tiny_synthetic, tmp_path):
     assert pred.mask.shape == (60, 90) and pred.unknown_words == []
 
     prepare(tiny_synthetic, "unc", ["val"], tmp_path / "prepared", tiny_synthetic / "images")
-    evaluate = ["evaluate", "--checkpoint", str(out), "--split-table", str(tmp_path / "prepared" / "val.parquet")]
-    evaluate += ["--split", "val", "--images", str(tiny_synthetic / "images"), "--out", str(tmp_path / "eval")]
+    evaluate = ["evaluate", "--checkpoint", str(out), "--prepared", str(tmp_path / "prepared"), "--splits", "val"]
+    evaluate += ["--images", str(tiny_synthetic / "images"), "--out", str(tmp_path / "eval")]
     assert main([*evaluate, "--no-mlflow"]) == 0
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "val" / "metrics.json").read_text())
+    evaluate[evaluate.index("val")] = "nosuch"
+    assert main([*evaluate, "--no-mlflow"]) == 2  # a split with no prepared table: one line, nothing written
+    assert "no prepared table nosuch.parquet" in capsys.readouterr().err and not (tmp_path / "eval/nosuch").exists()
     assert metrics["run"] == run["run"] and metrics["method"] == "lavt" and metrics["counts"]["samples"] > 0

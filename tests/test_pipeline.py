@@ -108,6 +108,9 @@ def test_demo_dag_end_to_end(tmp_path):
     assert run.data.metrics["testB/oIoU"] == pytest.approx(
         json.loads((results / "eval/synthetic/lavt-swin_b-n0-s0/testB/metrics.json").read_text())["metrics"]["oIoU"]
     )
+    # one evaluate job wrote and logged all three splits
+    assert {f"{s}/mIoU" for s in ("val", "testA", "testB")} <= set(run.data.metrics)
+    assert len(list((results / "logs/evaluate/synthetic").glob("*.log"))) == 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "history.jsonl", "eval"} <= artifacts
 
@@ -146,9 +149,10 @@ def test_paper_dry_run_lists_every_job_without_network(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    # 4 archives (3 annotation zips + train2014), 4 prepared datasets, 24 trainings, 44 evaluations
+    # 4 archives (3 annotation zips + train2014), 4 prepared datasets, 24 trainings, 24 evaluation jobs
+    # (one per run, covering its 44 (run, split) evaluations: tests/test_config.py)
     assert counts["download"] == 4 and counts["prepare"] == 4
-    assert counts["train"] == 24 and counts["evaluate"] == 44
+    assert counts["train"] == 24 and counts["evaluate"] == 24
     assert counts["tables"] == 4
     assert "baselines" not in counts  # demo-scale rows only: the paper grid is unchanged
     assert "data/refer/.refcocog.zip.extracted" in out and "data/images/.train2014.zip.extracted" in out

@@ -56,7 +56,7 @@ def test_paper_dry_run_imports_lavt_instead_of_training(tmp_path):
     assert r.returncode == 0, out
     counts = _job_counts(out)
     # the paper grid trains 24 runs; the 4 LAVT Swin-B runs of `main` are imported instead
-    assert counts["import_released"] == 4 and counts["train"] == 20 and counts["evaluate"] == 44
+    assert counts["import_released"] == 4 and counts["train"] == 20 and counts["evaluate"] == 24
     assert "results/runs/refcocog_google/lavt-swin_b-n0-s0/released.pt" in out
     assert "results/runs/refcoco/lavt-swin_b-n0-s0/model.pt" not in out
     assert str(tmp_path / "weights" / "gref_umd.pth") in out

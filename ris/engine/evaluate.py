@@ -1,10 +1,10 @@
 """Evaluation: per-sample IoUs and the protocol's metrics, for validation during training and per split.
 
-``evaluate_split`` writes ``metrics.json`` (oIoU, mIoU, P@0.5..0.9, sample and ref counts, protocol)
+``evaluate_splits`` writes, per split, ``metrics.json`` (oIoU, mIoU, P@0.5..0.9, sample and ref counts, protocol)
 and ``samples.csv`` (one row per (ref, sentence) sample: ids, sentence, intersection, union, IoU and the
 predicted mask as a compressed COCO RLE string at the evaluation resolution ``pred_size`` x ``pred_size``,
 so figures can show any sample's prediction without re-running the model: a 128 px mask is ~50 bytes,
-a 480 px one a few hundred), and logs the split's metrics into the run's MLflow run when the checkpoint
+a 480 px one a few hundred), and logs the splits' metrics into the run's MLflow run when the checkpoint
 knows it.
 """
 
@@ -75,24 +75,60 @@ def run_inference(
     return inter, union, np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 
-def evaluate_split(
+def evaluate_splits(
     checkpoint: Path,
-    split_table: Path,
+    prepared_dir: Path,
+    splits: list[str],
     images_dir: Path,
     out_dir: Path,
-    split: str,
     batch_size: int = 16,
     device: str = "cpu",
     log_mlflow: bool = True,
-) -> dict[str, Any]:
-    """Evaluate a checkpoint on one prepared split; write metrics.json and samples.csv into ``out_dir``."""
+) -> dict[str, dict[str, Any]]:
+    """Evaluate a checkpoint on prepared splits (``<prepared_dir>/<split>.parquet``); write
+    ``<out_dir>/<split>/metrics.json`` and ``samples.csv`` for each, and return their results by split.
+
+    One process per run, not per split: the model, its text encoder and MLflow are set up once (each
+    costs seconds; at demo scale more than the inference itself).
+    """
     ckpt = load_checkpoint(checkpoint)
     model, tokenizer, config = model_from_checkpoint(ckpt)
     dev = torch.device(device)
     model.to(dev)
+    results = {}
+    for split in splits:
+        results[split] = _evaluate_split(
+            model, tokenizer, config, int(ckpt.get("epoch", -1)), Path(prepared_dir) / f"{split}.parquet",
+            split, Path(images_dir), Path(out_dir) / split, batch_size, dev,
+        )  # fmt: skip
+    run_id = ckpt.get("mlflow_run_id")
+    if log_mlflow and run_id:
+        from ris.engine.tracking import Tracker
+
+        tracker = Tracker(config["tracking"]["uri"], config["tracking"]["experiment"], run_id=run_id)
+        for split, result in results.items():
+            tracker.log_metrics({f"{split}/{k}": v for k, v in result["metrics"].items() if not np.isnan(v)})
+            tracker.log_artifact(Path(out_dir) / split / "metrics.json", artifact_path=f"eval/{split}")
+        tracker.finish()
+    return results
+
+
+def _evaluate_split(
+    model,
+    tokenizer,
+    config: dict[str, Any],
+    epoch: int,
+    split_table: Path,
+    split: str,
+    images_dir: Path,
+    out_dir: Path,
+    batch_size: int,
+    dev: torch.device,
+) -> dict[str, Any]:
     table = read_split(split_table)
     size = int(config["model"]["image_size"])
     ds = ReferSplit(table, images_dir, size, tokenizer, int(config["train"]["max_tokens"]), train=False)
+    model.text.precompute(ds.input_ids, ds.attention)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     masks: list[str] = []
     inter, union, rows = run_inference(
@@ -106,19 +142,9 @@ def evaluate_split(
         "backbone": config["model"]["backbone"],
         "num_masks": int(config["model"]["num_masks"]),
         "seed": int(config["seed"]),
-        "epoch": int(ckpt.get("epoch", -1)),
+        "epoch": epoch,
     }
-    result = write_results(Path(out_dir), header, table, rows, inter, union, masks, size)
-    metrics = result["metrics"]
-    run_id = ckpt.get("mlflow_run_id")
-    if log_mlflow and run_id:
-        from ris.engine.tracking import Tracker
-
-        tracker = Tracker(config["tracking"]["uri"], config["tracking"]["experiment"], run_id=run_id)
-        tracker.log_metrics({f"{split}/{k}": v for k, v in metrics.items() if not np.isnan(v)})
-        tracker.log_artifact(out_dir / "metrics.json", artifact_path=f"eval/{split}")
-        tracker.finish()
-    return result
+    return write_results(out_dir, header, table, rows, inter, union, masks, size)
 
 
 def mask_at(counts: str | bytes, height: int, width: int, size: int) -> np.ndarray:

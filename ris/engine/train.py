@@ -181,6 +181,8 @@ class _Run:
         elif ctx.enabled and tcfg.get("sync_batchnorm"):
             log.warning("train.sync_batchnorm needs CUDA; BatchNorm statistics stay per micro-batch")
         core = core.to(dev)
+        for ds in (self.train_ds, self.val_ds):  # a frozen text encoder's features, batch-encoded once
+            core.text.precompute(ds.input_ids, ds.attention)
         if self.channels_last:
             core = core.to(memory_format=torch.channels_last)
         self.core = core

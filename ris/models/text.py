@@ -49,8 +49,9 @@ class TextEncoder(nn.Module):
     :meth:`freeze` (model option ``freeze_text``, set by the demo preset) stops training BERT: it runs in
     eval mode without gradients, and since its output is then a function of the token ids alone, the word
     features of each distinct sentence are computed once and cached (up to :attr:`CACHE_SIZE` sentences).
-    A sentence is encoded alone (batch of one), so its features do not depend on which batch first held
-    it: a resumed run, whose cache starts empty, computes bit-identical features.
+    :meth:`precompute` fills the cache with a split's sentences in batches before training or evaluating
+    (2-3x faster than one sentence at a time on a CPU); a sentence it did not see is encoded alone when a
+    batch first holds it. Both are deterministic, so a resumed run computes bit-identical features.
     """
 
     CACHE_SIZE = 50_000
@@ -82,6 +83,26 @@ class TextEncoder(nn.Module):
 
     def _words(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    @torch.no_grad()
+    def precompute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 64) -> int:
+        """Cache the features of these (N, L) sentences, ``batch_size`` distinct ones per encoder call, in the
+        order given; returns how many were encoded. A no-op unless frozen."""
+        if not self.frozen:
+            return 0
+        ids, mask = input_ids.cpu().numpy(), attention_mask.cpu().numpy()
+        todo: dict[bytes, int] = {}
+        for i, (row_ids, row_mask) in enumerate(zip(ids, mask)):
+            key = row_ids.tobytes() + row_mask.tobytes()
+            if key not in self._cache and key not in todo and len(self._cache) + len(todo) < self.CACHE_SIZE:
+                todo[key] = i
+        keys, rows = list(todo), torch.tensor(list(todo.values()), dtype=torch.long)
+        device = next(self.bert.parameters()).device
+        for start in range(0, len(keys), batch_size):
+            sel = rows[start : start + batch_size]
+            words = self._words(input_ids[sel].to(device), attention_mask[sel].to(device))
+            self._cache.update(zip(keys[start : start + batch_size], words))
+        return len(keys)
 
     @torch.no_grad()
     def _frozen_words(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 # Helpers shared by the rules: the grid comes from ris.config, so it is unit-tested there.
 import json
+import shlex
 
 from ris.config import (
     RunKey,
+    evaluation_splits,
     images_dir,
     prepare_inputs,
     refer_dir,
@@ -27,7 +29,8 @@ wildcard_constraints:
 ENV = "../../environment.yml"  # conda environment of every rule (with --use-conda)
 
 RUN_DIR = f"{RESULTS}/runs/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}"
-EVAL_DIR = f"{RESULTS}/eval/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}/{{split}}"
+EVAL_RUN_DIR = f"{RESULTS}/eval/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}"  # <split>/ inside
+EVAL_SPLITS = evaluation_splits(config)  # run -> the splits its evaluate job covers
 
 
 def run_key(wildcards):
@@ -54,9 +57,25 @@ def table_baseline_files(table):
     return [f"{RESULTS}/baselines/{d}/{s}/{b}/metrics.json" for d, s in pairs for b in scale_baselines()]
 
 
+def eval_dirs(pairs):
+    """The evaluation folders (one `evaluate` job each) holding these (run, split) results."""
+    return list(dict.fromkeys(f"{RESULTS}/eval/{k.path}" for k, _ in pairs))
+
+
+def quoted(paths):
+    """Paths as one shell-quoted string (files inside directory outputs are passed as params)."""
+    return " ".join(shlex.quote(str(p)) for p in paths)
+
+
+def table_inputs(wildcards):
+    """What a table's rules wait for: the evaluation folders of its runs and the baselines' metrics."""
+    return eval_dirs(table_evaluations(config, wildcards.table)) + table_baseline_files(wildcards.table)
+
+
 def table_metric_files(wildcards):
+    """metrics.json of every (run, split) of a table, then of its baselines (shell-quoted)."""
     runs = [f"{RESULTS}/eval/{k.path}/{s}/metrics.json" for k, s in table_evaluations(config, wildcards.table)]
-    return runs + table_baseline_files(wildcards.table)
+    return quoted(runs + table_baseline_files(wildcards.table))
 
 
 def table_histories(wildcards):
@@ -96,12 +115,16 @@ def grid_split(table):
     return dataset_for(config, first), splits[0]
 
 
-def table_grid_samples(wildcards):
-    """samples.csv of every run of the table (first seed) on the grid split, in table order."""
-    dataset, split = grid_split(wildcards.table)
+def grid_runs(table):
+    """(run, grid split) of every run of the table (first seed) on its grid's dataset, in table order."""
+    dataset, split = grid_split(table)
     seed = config["seeds"][0]
-    keys = [k for k in table_runs(config, wildcards.table) if k.dataset == dataset and k.seed == seed]
-    return [f"{RESULTS}/eval/{k.path}/{split}/samples.csv" for k in keys]
+    return [(k, split) for k in table_runs(config, table) if k.dataset == dataset and k.seed == seed]
+
+
+def table_grid_samples(wildcards):
+    """samples.csv of every run of the table (first seed) on the grid split, in table order (shell-quoted)."""
+    return quoted(f"{RESULTS}/eval/{k.path}/{s}/samples.csv" for k, s in grid_runs(wildcards.table))
 
 
 def report_targets():

@@ -17,7 +17,7 @@ localrules:
 
 rule tables:
     input:
-        metrics=table_metric_files,
+        evaluations=table_inputs,
         published=PUBLISHED_CSV,
     output:
         html=report(
@@ -39,6 +39,7 @@ rule tables:
     params:
         spec=spec_json,
         caption=table_caption,
+        metrics=table_metric_files,
     wildcard_constraints:
         table=r"[^/]+",
     conda:
@@ -46,14 +47,14 @@ rule tables:
     log:
         f"{RESULTS}/logs/tables/{{table}}.log",
     shell:
-        "python -m ris tables --spec {params.spec:q} --published {input.published:q} --metrics {input.metrics:q}"
+        "python -m ris tables --spec {params.spec:q} --published {input.published:q} --metrics {params.metrics}"
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --out-html {output.html:q}"
         " > {log} 2>&1"
 
 
 rule plot_precision:
     input:
-        metrics=table_metric_files,
+        evaluations=table_inputs,
         published=PUBLISHED_CSV,
     output:
         png=report(
@@ -66,6 +67,7 @@ rule plot_precision:
         pdf=f"{RESULTS}/plots/{{table}}/precision.pdf",
     params:
         spec=spec_json,
+        metrics=table_metric_files,
     wildcard_constraints:
         table=r"[^/]+",
     conda:
@@ -74,12 +76,12 @@ rule plot_precision:
         f"{RESULTS}/logs/plots/{{table}}-precision.log",
     shell:
         "python -m ris plot precision --spec {params.spec:q} --published {input.published:q}"
-        " --metrics {input.metrics:q} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
+        " --metrics {params.metrics} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
 
 
 rule plot_num_masks:
     input:
-        metrics=table_metric_files,
+        evaluations=table_inputs,
         published=PUBLISHED_CSV,
     output:
         png=report(
@@ -92,6 +94,7 @@ rule plot_num_masks:
         pdf=f"{RESULTS}/plots/{{table}}/num_masks.pdf",
     params:
         spec=spec_json,
+        metrics=table_metric_files,
     wildcard_constraints:
         table=r"[^/]+",
     conda:
@@ -100,7 +103,7 @@ rule plot_num_masks:
         f"{RESULTS}/logs/plots/{{table}}-num_masks.log",
     shell:
         "python -m ris plot num_masks --spec {params.spec:q} --published {input.published:q}"
-        " --metrics {input.metrics:q} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
+        " --metrics {params.metrics} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
 
 
 rule plot_training:
@@ -130,7 +133,7 @@ rule plot_training:
 
 rule plot_qualitative:
     input:
-        samples=table_grid_samples,
+        evaluations=lambda wildcards: eval_dirs(grid_runs(wildcards.table)),
         prepared=lambda wildcards: f"{DATA}/prepared/{grid_split(wildcards.table)[0]}",
     output:
         successes=report(
@@ -159,6 +162,7 @@ rule plot_qualitative:
         swap_pdf=f"{RESULTS}/plots/{{table}}/qualitative_swap.pdf",
     params:
         spec=spec_json,
+        samples=table_grid_samples,
         split=lambda wildcards: grid_split(wildcards.table)[1],
         images=lambda wildcards: str(images_dir(config, grid_split(wildcards.table)[0])),
     wildcard_constraints:
@@ -168,7 +172,7 @@ rule plot_qualitative:
     log:
         f"{RESULTS}/logs/plots/{{table}}-qualitative.log",
     shell:
-        "python -m ris plot qualitative --spec {params.spec:q} --samples {input.samples:q}"
+        "python -m ris plot qualitative --spec {params.spec:q} --samples {params.samples}"
         " --split-table {input.prepared:q}/{params.split}.parquet --images {params.images:q}"
         " --out {output.successes:q} {output.successes_pdf:q}"
         " --out-failures {output.failures:q} {output.failures_pdf:q}"

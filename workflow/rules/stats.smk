@@ -20,9 +20,7 @@ if config.get("stats"):
 
     rule stats_table:
         input:
-            metrics=[f"{RESULTS}/eval/{k.path}/{s}/metrics.json" for k, s in STATS_EVALUATIONS]
-            + table_baseline_files(STATS_TABLE),
-            samples=[f"{RESULTS}/eval/{k.path}/{s}/samples.csv" for k, s in STATS_EVALUATIONS],
+            evaluations=eval_dirs(STATS_EVALUATIONS) + table_baseline_files(STATS_TABLE),
             published=PUBLISHED_CSV,
         output:
             csv=f"{RESULTS}/stats/{STATS_TABLE}.csv",
@@ -31,11 +29,15 @@ if config.get("stats"):
             html=f"{RESULTS}/stats/{STATS_TABLE}.html",
         params:
             spec=json.dumps(stats_spec(config)),
+            metrics=quoted(
+                [f"{RESULTS}/eval/{k.path}/{s}/metrics.json" for k, s in STATS_EVALUATIONS]
+                + table_baseline_files(STATS_TABLE)
+            ),
         conda:
             ENV
         log:
             f"{RESULTS}/logs/stats/{STATS_TABLE}.log",
         shell:
-            "python -m ris tables --spec {params.spec:q} --published {input.published:q} --metrics {input.metrics:q}"
+            "python -m ris tables --spec {params.spec:q} --published {input.published:q} --metrics {params.metrics}"
             " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --out-html {output.html:q}"
             " > {log} 2>&1"

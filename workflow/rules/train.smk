@@ -1,4 +1,4 @@
-# Training (one job per dataset x method x backbone x N x seed) and evaluation (one job per run x split).
+# Training (one job per dataset x method x backbone x N x seed) and evaluation (one job per run, all its splits).
 
 
 localrules:
@@ -64,24 +64,24 @@ rule import_released:
 
 
 rule evaluate:
+    # One job per run for all the splits its tables (and the stats target) evaluate it on: the model, text
+    # encoder and MLflow start once. Writes <run folder>/<split>/{metrics.json,samples.csv}.
     input:
         model=run_model,
         prepared=f"{DATA}/prepared/{{dataset}}",
     output:
-        metrics=f"{EVAL_DIR}/metrics.json",
-        samples=f"{EVAL_DIR}/samples.csv",
+        directory(EVAL_RUN_DIR),
     params:
+        splits=lambda wildcards: " ".join(EVAL_SPLITS[run_key(wildcards)]),
         images=lambda wildcards: str(images_dir(config, wildcards.dataset)),
-        out=EVAL_DIR,
     threads: 1
     conda:
         ENV
     log:
-        f"{RESULTS}/logs/evaluate/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}-{{split}}.log",
+        f"{RESULTS}/logs/evaluate/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.log",
     shell:
-        "python -m ris evaluate --checkpoint {input.model:q} --split-table {input.prepared:q}/{wildcards.split}.parquet"
-        " --split {wildcards.split} --images {params.images:q} --out {params.out:q} --threads {threads}"
-        " > {log} 2>&1"
+        "python -m ris evaluate --checkpoint {input.model:q} --prepared {input.prepared:q} --splits {params.splits}"
+        " --images {params.images:q} --out {output:q} --threads {threads} > {log} 2>&1"
 
 
 if scale_baselines():  # none at paper scale: its DAG plans no baseline job
