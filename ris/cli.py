@@ -23,8 +23,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 
 def _synthesize(a: argparse.Namespace) -> None:
     from ris.data.synthetic import SyntheticConfig, synthesize
@@ -79,8 +77,7 @@ def _train(a: argparse.Namespace) -> None:
     from ris.engine.train import train
 
     cfg = json.loads(Path(a.run_config).read_text()) if a.run_config.endswith(".json") else json.loads(a.run_config)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    _set_threads(a.threads)
     try:
         summary = train(cfg, Path(a.out), device=a.device, progress=not a.no_progress)
     except Preempted as e:
@@ -100,11 +97,19 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _set_threads(threads: int) -> None:
+    """torch's intra-op threads (0: its default). torch is imported by the commands that use it only: the
+    table, plot and data jobs start ~1.5 s sooner without it."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _evaluate(a: argparse.Namespace) -> None:
     from ris.engine.evaluate import evaluate_splits
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    _set_threads(a.threads)
     missing = [s for s in a.splits if not (Path(a.prepared) / f"{s}.parquet").is_file()]
     if missing:  # before any split is evaluated
         names = ", ".join(f"{s}.parquet" for s in missing)
@@ -208,8 +213,7 @@ def _plot(a: argparse.Namespace) -> None:
 def _predict(a: argparse.Namespace) -> None:
     from ris.predict import predict, save_prediction
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    _set_threads(a.threads)
     out_mask = Path(a.out_mask) if a.out_mask else Path(a.image).with_suffix(".mask.png")
     out_overlay = Path(a.out_overlay) if a.out_overlay else out_mask.with_name(out_mask.stem + ".overlay.png")
     pred = predict(Path(a.checkpoint), Path(a.image), a.sentence, device=a.device)

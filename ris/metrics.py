@@ -13,9 +13,12 @@ All values are returned in percent (0..100), as the papers print them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where used: tables and plots (and the Snakefile) import this module
+    import torch
 
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 METRIC_NAMES: tuple[str, ...] = ("oIoU", "mIoU", *(f"P@{t}" for t in THRESHOLDS))
@@ -23,6 +26,8 @@ METRIC_NAMES: tuple[str, ...] = ("oIoU", "mIoU", *(f"P@{t}" for t in THRESHOLDS)
 
 def intersection_union(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample intersection and union pixel counts of boolean masks shaped (B, H, W)."""
+    import torch
+
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
     pred = pred.bool().flatten(1)
@@ -59,6 +64,8 @@ class IoUAccumulator:
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Add a batch of boolean masks (B, H, W); returns the per-sample IoU of the batch."""
+        import torch
+
         i, u = intersection_union(pred, target)
         self.inter.append(i.cpu().numpy())
         self.union.append(u.cpu().numpy())
