@@ -3,6 +3,7 @@
     ris synthesize   demo data in the REFER format
     ris download     fetch, verify and safely extract a dataset archive
     ris prepare      REFER files -> one Parquet table per split
+    ris encode-text  a frozen text encoder's features of every sentence of a dataset -> one file
     ris mlflow-init  create the tracking store once, before the training fan-out
     ris train        train one run from its resolved JSON configuration
     ris evaluate     evaluate a checkpoint on prepared splits -> <split>/metrics.json
@@ -45,6 +46,13 @@ def _prepare(a: argparse.Namespace) -> None:
 
     summary = prepare(Path(a.refer_dir), a.split_by, a.splits, Path(a.out), Path(a.images) if a.images else None)
     print(json.dumps(summary, indent=2))
+
+
+def _encode_text(a: argparse.Namespace) -> None:
+    from ris.models.text import encode_dataset
+
+    _set_threads(a.threads)
+    print(json.dumps(encode_dataset(Path(a.prepared), a.pretrained, a.max_tokens, Path(a.out)), indent=2))
 
 
 def _mlflow_init(a: argparse.Namespace) -> None:
@@ -272,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", default=None, help="image folder; every referenced image must exist there")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_prepare)
+
+    s = sub.add_parser("encode-text", help="a frozen text encoder's features of every sentence of a dataset, once")
+    s.add_argument("--prepared", required=True, help="folder of the prepared <split>.parquet tables")
+    s.add_argument("--pretrained", required=True, help="hub id, local folder or packaged name (all-MiniLM-L6-v2)")
+    s.add_argument("--max-tokens", type=int, required=True, help="as train.max_tokens: token ids must match")
+    s.add_argument("--out", required=True, help="features file (torch), read by train and evaluate")
+    s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(fn=_encode_text)
 
     s = sub.add_parser("mlflow-init", help="create the MLflow tracking store once")
     s.add_argument("--uri", required=True)

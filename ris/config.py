@@ -201,6 +201,7 @@ def run_config(config: dict, key: RunKey) -> dict[str, Any]:
         "data": {
             "prepared_dir": str(data_dir / "prepared" / key.dataset),
             "images_dir": str(images_dir(config, key.dataset)),
+            **({"text_features": text_features_path(config, key.dataset)} if frozen_text(config) else {}),
         },
         "model": {
             "method": key.method,
@@ -228,6 +229,18 @@ def run_config(config: dict, key: RunKey) -> dict[str, Any]:
             },
         },
     }
+
+
+def frozen_text(config: dict) -> str | None:
+    """The pretrained text encoder this scale freezes (``pretrained_text`` with the model option
+    ``freeze_text``: the demo's MiniLM), else None. Its features are computed once per dataset
+    (``ris encode-text``, rule ``text_features``) and read by every training and evaluation job."""
+    p = preset(config)
+    return p.get("pretrained_text") if (p.get("model_options") or {}).get("freeze_text") else None
+
+
+def text_features_path(config: dict, dataset: str) -> str:
+    return str(Path(config["data_dir"]) / "text_features" / f"{dataset}.pt")
 
 
 def released_checkpoint(config: dict, key: RunKey) -> dict[str, str] | None:

@@ -201,7 +201,8 @@ def plot_training(spec: dict[str, Any], histories: Sequence[Path], outs: Sequenc
             if col not in df:
                 _blank(ax, f"no {col}")
                 continue
-            sns.lineplot(data=df, x="epoch", y=col, hue="run", hue_order=order, style=style, marker="o", ax=ax)
+            data = df.dropna(subset=[col])  # epochs without validation (train.val_every_epochs) have no val_*
+            sns.lineplot(data=data, x="epoch", y=col, hue="run", hue_order=order, style=style, marker="o", ax=ax)
             ax.set(title=label, xlabel="epoch", ylabel=label)
             ax.xaxis.get_major_locator().set_params(integer=True)
         if axes[1].legend_:

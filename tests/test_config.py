@@ -118,6 +118,14 @@ def test_one_evaluation_job_per_run_covers_every_split(config, scale):
         assert groups[RunKey("synthetic", "coupalign", "swin_b", 100, 2)] == ["val"]  # a stats seed
 
 
+def test_frozen_text_features_only_where_the_scale_freezes_the_encoder(config):
+    """Demo: every run reads its dataset's MiniLM features file; paper (BERT fine-tuned): no such file."""
+    key = RunKey("synthetic", "lavt", "swin_b", 0, 0)
+    assert run_config(config, key)["data"]["text_features"] == "data/text_features/synthetic.pt"
+    config["scale"] = "paper"
+    assert "text_features" not in run_config(config, RunKey("refcoco", "lavt", "swin_b", 0, 0))["data"]
+
+
 def test_run_config_resolves_preset_and_method(config):
     config["methods"]["lavt"]["train"] = {"lr": 1.0e-2}
     rc = run_config(config, RunKey("synthetic", "lavt", "swin_b", 0, 0))

@@ -189,6 +189,19 @@ def test_micro_batches_do_not_depend_on_process_count():
     assert micro_seed(0, 1, 2, 3) == micro_seed(0, 1, 2, 3) != micro_seed(0, 1, 2, 4)
 
 
+def test_val_every_epochs_validates_every_kth_and_the_last_epoch(prepared_tiny, store, tmp_path):
+    """train.val_every_epochs 2 over 3 epochs: val_* after epochs 2 and 3 only; the best checkpoint comes
+    from a validated epoch and MLflow has no validation metric for epoch 1."""
+    out = tmp_path / "run"
+    train_here(make_config(prepared_tiny, store, experiment="val-every", epochs=3, val_every_epochs=2), out)
+    history = history_metrics(out)
+    assert [("val_oIoU" in r) for r in history] == [False, True, True]
+    best = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    assert best["epoch"] in (1, 2) and best["val"]["oIoU"] == max(r["val_oIoU"] for r in history[1:])
+    client, run = mlflow_run(store, best["mlflow_run_id"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_oIoU")] == [2, 3]
+
+
 def test_precision_and_device_settings_on_cpu():
     from ris.engine.distributed import select_device
     from ris.engine.train import resolve_precision

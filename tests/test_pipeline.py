@@ -108,6 +108,9 @@ def test_demo_dag_end_to_end(tmp_path):
     assert run.data.metrics["testB/oIoU"] == pytest.approx(
         json.loads((results / "eval/synthetic/lavt-swin_b-n0-s0/testB/metrics.json").read_text())["metrics"]["oIoU"]
     )
+    # the training and evaluation jobs read MiniLM's features from the one file rule text_features wrote
+    for log in ("train/synthetic/lavt-swin_b-n0-s0.log", "evaluate/synthetic/lavt-swin_b-n0-s0.log"):
+        assert "text features of" in (results / "logs" / log).read_text(), log
     # one evaluate job wrote and logged all three splits
     assert {f"{s}/mIoU" for s in ("val", "testA", "testB")} <= set(run.data.metrics)
     assert len(list((results / "logs/evaluate/synthetic").glob("*.log"))) == 1
@@ -155,6 +158,7 @@ def test_paper_dry_run_lists_every_job_without_network(tmp_path):
     assert counts["train"] == 24 and counts["evaluate"] == 24
     assert counts["tables"] == 4
     assert "baselines" not in counts  # demo-scale rows only: the paper grid is unchanged
+    assert "text_features" not in counts  # paper scale fine-tunes BERT: nothing to compute once
     assert "data/refer/.refcocog.zip.extracted" in out and "data/images/.train2014.zip.extracted" in out
     assert not (work / "data").exists()  # nothing fetched or created
 

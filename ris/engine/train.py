@@ -181,8 +181,9 @@ class _Run:
         elif ctx.enabled and tcfg.get("sync_batchnorm"):
             log.warning("train.sync_batchnorm needs CUDA; BatchNorm statistics stay per micro-batch")
         core = core.to(dev)
-        for ds in (self.train_ds, self.val_ds):  # a frozen text encoder's features, batch-encoded once
-            core.text.precompute(ds.input_ids, ds.attention)
+        ids = torch.cat([self.train_ds.input_ids, self.val_ds.input_ids])
+        masks = torch.cat([self.train_ds.attention, self.val_ds.attention])
+        core.text.cache_sentences(ids, masks, cfg["data"].get("text_features"))  # a frozen encoder's, once
         if self.channels_last:
             core = core.to(memory_format=torch.channels_last)
         self.core = core
@@ -372,7 +373,8 @@ class _Run:
             bar.close()
             del batches, loader  # DataLoader workers stop now, also when a signal or an error ends the loop
 
-        val = self._validate(epoch)
+        every = int(self.tcfg.get("val_every_epochs") or 1)  # the last epoch is always validated
+        val = self._validate(epoch) if (epoch + 1) % every == 0 or epoch + 1 == self.epochs else {}
         record = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(self.epoch_losses)),
@@ -385,7 +387,7 @@ class _Run:
         (log.info if self.ctx.is_main else log.debug)("epoch %d: %s", epoch + 1, record)
         if not self.ctx.is_main:
             return
-        if val["oIoU"] > self.best:
+        if val and val["oIoU"] > self.best:
             self.best = val["oIoU"]
             save_checkpoint(self.work / "best.pt", self._best_state(epoch, val))
         save_checkpoint(self.last_path, self._resume_state())

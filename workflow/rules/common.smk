@@ -5,6 +5,7 @@ import shlex
 from ris.config import (
     RunKey,
     evaluation_splits,
+    frozen_text,
     images_dir,
     prepare_inputs,
     refer_dir,
@@ -12,6 +13,7 @@ from ris.config import (
     run_config,
     table_evaluations,
     table_runs,
+    text_features_path,
     tracking_uri,
 )
 
@@ -82,6 +84,11 @@ def table_histories(wildcards):
     """history.jsonl of every trained run of the table (runs from released weights have none)."""
     keys = dict.fromkeys(table_runs(config, wildcards.table))
     return [f"{RESULTS}/runs/{k.path}/history.jsonl" for k in keys if released_checkpoint(config, k) is None]
+
+
+def text_features(wildcards):
+    """The dataset's text features file where the scale freezes its text encoder (rule text_features)."""
+    return [text_features_path(config, wildcards.dataset)] if frozen_text(config) else []
 
 
 def run_model(wildcards):

@@ -60,3 +60,23 @@ rule prepare:
     shell:
         "python -m ris prepare --refer-dir {params.refer:q} --split-by {params.split_by} --splits {params.splits}"
         " --images {params.images:q} --out {output:q} > {log} 2>&1"
+
+
+rule text_features:
+    # Scales that freeze a pretrained text encoder (the demo's MiniLM): its features of every sentence of the
+    # dataset, computed once here instead of in every training and evaluation job (ris/models/text.py).
+    input:
+        f"{DATA}/prepared/{{dataset}}",
+    output:
+        f"{DATA}/text_features/{{dataset}}.pt",
+    params:
+        pretrained=frozen_text(config),
+        max_tokens=config["scales"][config["scale"]]["train"]["max_tokens"],
+    threads: 1
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/text_features/{{dataset}}.log",
+    shell:
+        "python -m ris encode-text --prepared {input:q} --pretrained {params.pretrained:q}"
+        " --max-tokens {params.max_tokens} --out {output:q} --threads {threads} > {log} 2>&1"

@@ -22,6 +22,7 @@ rule mlflow_init:
 rule train:
     input:
         prepared=f"{DATA}/prepared/{{dataset}}",
+        text=text_features,
         mlflow=rules.mlflow_init.output,
     output:
         model=f"{RUN_DIR}/model.pt",
@@ -69,6 +70,7 @@ rule evaluate:
     input:
         model=run_model,
         prepared=f"{DATA}/prepared/{{dataset}}",
+        text=text_features,
     output:
         directory(EVAL_RUN_DIR),
     params:
