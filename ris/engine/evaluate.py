@@ -128,7 +128,7 @@ def _evaluate_split(
     table = read_split(split_table)
     size = int(config["model"]["image_size"])
     ds = ReferSplit(table, images_dir, size, tokenizer, int(config["train"]["max_tokens"]), train=False)
-    model.text.cache_sentences(ds.input_ids, ds.attention, config["data"].get("text_features"))
+    model.text.cache_sentences(ds.input_ids, ds.attention, config.get("data", {}).get("text_features"))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     masks: list[str] = []
     inter, union, rows = run_inference(
