@@ -118,10 +118,6 @@ def _evaluate(a: argparse.Namespace) -> None:
     from ris.engine.evaluate import evaluate_splits
 
     _set_threads(a.threads)
-    missing = [s for s in a.splits if not (Path(a.prepared) / f"{s}.parquet").is_file()]
-    if missing:  # before any split is evaluated
-        names = ", ".join(f"{s}.parquet" for s in missing)
-        raise FileNotFoundError(f"{a.prepared}: no prepared table {names} (--splits {' '.join(a.splits)})")
     results = evaluate_splits(
         Path(a.checkpoint),
         Path(a.prepared),

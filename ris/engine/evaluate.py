@@ -88,19 +88,44 @@ def evaluate_splits(
     """Evaluate a checkpoint on prepared splits (``<prepared_dir>/<split>.parquet``); write
     ``<out_dir>/<split>/metrics.json`` and ``samples.csv`` for each, and return their results by split.
 
-    One process per run, not per split: the model, its text encoder and MLflow are set up once (each
-    costs seconds; at demo scale more than the inference itself).
+    One process per run, not per split: the model, its text encoder (and the sentences of all the splits)
+    and MLflow are set up once (each costs seconds; at demo scale more than the inference itself).
     """
+    missing = [s for s in splits if not (Path(prepared_dir) / f"{s}.parquet").is_file()]
+    if missing:  # before any work
+        names = ", ".join(f"{s}.parquet" for s in missing)
+        raise FileNotFoundError(f"{prepared_dir}: no prepared table {names} (splits {' '.join(splits)})")
     ckpt = load_checkpoint(checkpoint)
     model, tokenizer, config = model_from_checkpoint(ckpt)
     dev = torch.device(device)
     model.to(dev)
+    size, max_tokens = int(config["model"]["image_size"]), int(config["train"]["max_tokens"])
+    tables = {split: read_split(Path(prepared_dir) / f"{split}.parquet") for split in splits}
+    datasets = {s: ReferSplit(t, Path(images_dir), size, tokenizer, max_tokens, train=False) for s, t in tables.items()}
+    model.text.cache_sentences(
+        torch.cat([ds.input_ids for ds in datasets.values()]),
+        torch.cat([ds.attention for ds in datasets.values()]),
+        config.get("data", {}).get("text_features"),
+    )
+    header = {
+        "run": config["run"],
+        "dataset": config["dataset"],
+        "method": config["model"]["method"],
+        "backbone": config["model"]["backbone"],
+        "num_masks": int(config["model"]["num_masks"]),
+        "seed": int(config["seed"]),
+        "epoch": int(ckpt.get("epoch", -1)),
+    }
     results = {}
-    for split in splits:
-        results[split] = _evaluate_split(
-            model, tokenizer, config, int(ckpt.get("epoch", -1)), Path(prepared_dir) / f"{split}.parquet",
-            split, Path(images_dir), Path(out_dir) / split, batch_size, dev,
-        )  # fmt: skip
+    for split, ds in datasets.items():
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+        masks: list[str] = []
+        inter, union, rows = run_inference(
+            model, loader, dev, progress=True, desc=f"evaluate {split}", masks_out=masks
+        )
+        results[split] = write_results(
+            Path(out_dir) / split, {**header, "split": split}, tables[split], rows, inter, union, masks, size
+        )
     run_id = ckpt.get("mlflow_run_id")
     if log_mlflow and run_id:
         from ris.engine.tracking import Tracker
@@ -111,40 +136,6 @@ def evaluate_splits(
             tracker.log_artifact(Path(out_dir) / split / "metrics.json", artifact_path=f"eval/{split}")
         tracker.finish()
     return results
-
-
-def _evaluate_split(
-    model,
-    tokenizer,
-    config: dict[str, Any],
-    epoch: int,
-    split_table: Path,
-    split: str,
-    images_dir: Path,
-    out_dir: Path,
-    batch_size: int,
-    dev: torch.device,
-) -> dict[str, Any]:
-    table = read_split(split_table)
-    size = int(config["model"]["image_size"])
-    ds = ReferSplit(table, images_dir, size, tokenizer, int(config["train"]["max_tokens"]), train=False)
-    model.text.cache_sentences(ds.input_ids, ds.attention, config.get("data", {}).get("text_features"))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    masks: list[str] = []
-    inter, union, rows = run_inference(
-        model, loader, dev, progress=True, desc=f"evaluate {split}", masks_out=masks
-    )
-    header = {
-        "run": config["run"],
-        "dataset": config["dataset"],
-        "split": split,
-        "method": config["model"]["method"],
-        "backbone": config["model"]["backbone"],
-        "num_masks": int(config["model"]["num_masks"]),
-        "seed": int(config["seed"]),
-        "epoch": epoch,
-    }
-    return write_results(out_dir, header, table, rows, inter, union, masks, size)
 
 
 def mask_at(counts: str | bytes, height: int, width: int, size: int) -> np.ndarray:

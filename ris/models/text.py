@@ -70,7 +70,6 @@ class TextEncoder(nn.Module):
         self.dim = int(bert.config.hidden_size)
         self.frozen = False
         self._cache: dict[bytes, torch.Tensor] = {}
-        self._loaded: set[str] = set()  # features files read into the cache
 
     def freeze(self) -> None:
         self.frozen = True
@@ -94,15 +93,14 @@ class TextEncoder(nn.Module):
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def cache_sentences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: str | None) -> None:
-        """What training and evaluation call before their loops (frozen encoders only): read the dataset's
-        features file when there is one (the DAG's rule ``text_features``), then encode what it lacks."""
+        """What training and evaluation call once, with all their sentences, before their loops (frozen
+        encoders only): read the dataset's features file when there is one (the DAG's rule
+        ``text_features``), then encode what it lacks."""
         if not self.frozen:
             return
         if features and Path(features).is_file():
-            if str(features) not in self._loaded:  # evaluation calls this once per split
-                count = self.load_features(Path(features))
-                self._loaded.add(str(features))
-                log.info("text features of %d sentences read from %s", count, features)
+            count = self.load_features(Path(features))
+            log.info("text features of %d sentences read from %s", count, features)
         elif features:
             log.info("%s not found: encoding the sentences here", features)
         self.precompute(input_ids, attention_mask)
@@ -171,9 +169,10 @@ class TextEncoder(nn.Module):
             raise ValueError(f"{path}: not a text features file of `ris encode-text` ({e})") from None
         if not isinstance(data, dict) or data.get("format") != FEATURES_FORMAT:
             raise ValueError(f"{path}: not a text features file of `ris encode-text` (field format)")
-        if data["fingerprint"] != self.fingerprint():
+        mine = self.fingerprint()
+        if data["fingerprint"] != mine:
             raise ValueError(
-                f"{path}: field fingerprint {data['fingerprint']} is not this text encoder's ({self.fingerprint()}): "
+                f"{path}: field fingerprint {data['fingerprint']} is not this text encoder's ({mine}): "
                 "the file was computed with other weights; delete it and run `ris encode-text` again"
             )
         device = next(self.bert.parameters()).device
