@@ -1,6 +1,6 @@
 """Evaluation throughput at paper size: samples/s of ``ris evaluate``'s loop with a paper-size model at 480 px.
 
-The loop is the real one (:func:`ris.engine.evaluate.run_inference`: ``ReferSplit`` items through a
+The loop is the real one (:func:`ris.evaluation.inference.run_inference`: ``ReferSplit`` items through a
 DataLoader, ``model.predict``, per-sample intersection/union, predictions encoded as RLE) over a prepared
 split generated as in ``benchmarks/data_path.py`` (COCO-like JPEGs, ``ris prepare``). The model is the paper
 preset's (LAVT with Swin-B and BERT-base by default), random init: the cost is the same as trained weights.
@@ -35,7 +35,7 @@ from data_path import build_split, tokenizer  # noqa: E402
 
 from ris.data.dataset import ReferSplit  # noqa: E402
 from ris.data.tokenizer import build_vocab, load_tokenizer  # noqa: E402
-from ris.engine.evaluate import run_inference  # noqa: E402
+from ris.evaluation.inference import run_inference  # noqa: E402
 from ris.models import build_model  # noqa: E402
 
 REFCOCO_VAL_SENTENCES = 10834  # RefCOCO (UNC) val: sentences = evaluation samples

@@ -56,7 +56,7 @@ def _encode_text(a: argparse.Namespace) -> None:
 
 
 def _mlflow_init(a: argparse.Namespace) -> None:
-    from ris.engine.tracking import init_store
+    from ris.training.tracking import init_store
     from ris.utils import write_json
 
     init_store(a.uri)
@@ -65,10 +65,10 @@ def _mlflow_init(a: argparse.Namespace) -> None:
 
 def _train(a: argparse.Namespace) -> None:
     """Train in this process, or (``--nproc`` > 1) in torchrun workers; exit 75 when preempted by a signal."""
-    from ris.engine.preemption import PREEMPT_EXIT_CODE, Preempted, install_early_handlers, marker_path
+    from ris.training.preemption import PREEMPT_EXIT_CODE, Preempted, install_early_handlers, marker_path
 
     install_early_handlers()  # a SIGTERM while loading still ends in a checkpoint and status 75
-    from ris.engine.distributed import in_torchrun, launch
+    from ris.training.distributed import in_torchrun, launch
 
     if a.nproc > 1 and not in_torchrun():
         worker = ["-v"] if a.verbose else []
@@ -82,7 +82,7 @@ def _train(a: argparse.Namespace) -> None:
             raise SystemExit(rc)
         return
 
-    from ris.engine.train import train
+    from ris.training.train import train
 
     cfg = json.loads(Path(a.run_config).read_text()) if a.run_config.endswith(".json") else json.loads(a.run_config)
     _set_threads(a.threads)
@@ -115,7 +115,7 @@ def _set_threads(threads: int) -> None:
 
 
 def _evaluate(a: argparse.Namespace) -> None:
-    from ris.engine.evaluate import evaluate_splits
+    from ris.evaluation.inference import evaluate_splits
 
     _set_threads(a.threads)
     results = evaluate_splits(
@@ -132,7 +132,7 @@ def _evaluate(a: argparse.Namespace) -> None:
 
 
 def _baselines(a: argparse.Namespace) -> None:
-    from ris.baselines import BASELINES, evaluate_baselines
+    from ris.evaluation.baselines import BASELINES, evaluate_baselines
 
     names = tuple(a.names) if a.names else BASELINES
     table, instances, out = Path(a.split_table), Path(a.instances), Path(a.out_dir)
@@ -162,7 +162,7 @@ def _load_config(a: argparse.Namespace) -> dict:
 
 
 def _table_spec_from_config(a: argparse.Namespace) -> dict:
-    from ris.tables import table_spec
+    from ris.report.tables import table_spec
 
     if not a.table:
         raise ValueError("give --spec, or --config and --table")
@@ -173,7 +173,7 @@ def _table_spec_from_config(a: argparse.Namespace) -> dict:
 
 
 def _tables(a: argparse.Namespace) -> None:
-    from ris.tables import expected_metric_files, write_tables
+    from ris.report.tables import expected_metric_files, write_tables
 
     spec = _table_spec(a)
     metrics = a.metrics
@@ -191,7 +191,7 @@ def _tables(a: argparse.Namespace) -> None:
 
 
 def _plot(a: argparse.Namespace) -> None:
-    from ris import plots
+    from ris.report import plots
 
     spec = _table_spec(a)
     outs = [Path(p) for p in a.out]
@@ -215,7 +215,7 @@ def _plot(a: argparse.Namespace) -> None:
 
 
 def _predict(a: argparse.Namespace) -> None:
-    from ris.predict import predict, save_prediction
+    from ris.evaluation.predict import predict, save_prediction
 
     _set_threads(a.threads)
     out_mask = Path(a.out_mask) if a.out_mask else Path(a.image).with_suffix(".mask.png")
@@ -236,7 +236,7 @@ def _import_checkpoint(a: argparse.Namespace) -> None:
 
 
 def _runs(a: argparse.Namespace) -> None:
-    from ris.runs import format_runs, list_runs
+    from ris.report.runs import format_runs, list_runs
 
     if a.uri:
         uri = a.uri
@@ -323,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True)
     s.add_argument("--split", required=True)
     s.add_argument("--out-dir", required=True, help="one <baseline>/metrics.json and samples.csv per baseline")
-    s.add_argument("--names", nargs="+", default=None, help="baselines to score (default: all of ris.baselines)")
+    s.add_argument(
+        "--names", nargs="+", default=None, help="baselines to score (default: all of ris.evaluation.baselines)"
+    )
     s.set_defaults(fn=_baselines)
 
     def table_args(s: argparse.ArgumentParser) -> None:

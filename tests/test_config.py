@@ -41,7 +41,7 @@ def test_schema_names_equal_the_registry():
 
 
 def test_schema_baselines_equal_the_implemented_ones():
-    from ris.baselines import BASELINES
+    from ris.evaluation.baselines import BASELINES
 
     scale = load_yaml(SCHEMA)["properties"]["scales"]["additionalProperties"]["properties"]
     assert sorted(scale["baselines"]["items"]["enum"]) == sorted(BASELINES)

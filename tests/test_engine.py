@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import torch
 
-from ris.engine.checkpoint import load_checkpoint
-from ris.engine.preemption import PREEMPT_EXIT_CODE
-from ris.engine.sampler import StepSampler, micro_seed, plan_batches
+from ris.training.checkpoint import load_checkpoint
+from ris.training.preemption import PREEMPT_EXIT_CODE
+from ris.training.sampler import StepSampler, micro_seed, plan_batches
 from tests.conftest import REPO, one_thread
 
 # Global batch 4 in micro-batches of 2: one process accumulates 2, two DDP processes run 1 each.
@@ -60,7 +60,7 @@ def prepared_tiny(tiny_synthetic, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """A SQLite MLflow store, created once (as the pipeline's mlflow_init rule does)."""
-    from ris.engine.tracking import init_store
+    from ris.training.tracking import init_store
 
     uri = "sqlite:///" + str(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
     init_store(uri)
@@ -99,7 +99,7 @@ def make_config(
 
 
 def train_here(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
-    from ris.engine.train import train
+    from ris.training.train import train
 
     with one_thread():
         return train(cfg, out, progress=False)
@@ -203,8 +203,8 @@ def test_val_every_epochs_validates_every_kth_and_the_last_epoch(prepared_tiny, 
 
 
 def test_precision_and_device_settings_on_cpu():
-    from ris.engine.distributed import select_device
-    from ris.engine.train import resolve_precision
+    from ris.training.distributed import select_device
+    from ris.training.train import resolve_precision
 
     cpu = torch.device("cpu")
     assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -356,8 +356,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_out_of_memory_suggests_batch_settings(prepared_tiny, store, tmp_path, monkeypatch):
-    from ris.engine.train import TrainingOOMError
     from ris.models.base import RISModel
+    from ris.training.train import TrainingOOMError
 
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 

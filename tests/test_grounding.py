@@ -21,7 +21,7 @@ import torch
 from ris.data.dataset import ReferSplit
 from ris.data.prepare import prepare, read_split
 from ris.data.synthetic import SyntheticConfig, synthesize
-from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import one_thread
 from tests.test_engine import make_config
 
@@ -61,9 +61,9 @@ def _train_and_probe(data: dict[str, Path], out: Path, zero_language: bool = Fal
     Returns the mean IoU between the two predictions of a pair, and the share of predictions that overlap
     their own ref's mask more than the other ref's mask.
     """
-    from ris.engine.tracking import init_store
-    from ris.engine.train import train
     from ris.models.blocks import PixelWordAttention
+    from ris.training.tracking import init_store
+    from ris.training.train import train
 
     uri = "sqlite:///" + str(out / "mlflow.db")
     out.mkdir(parents=True, exist_ok=True)
@@ -206,8 +206,8 @@ def test_packaged_text_encoder_is_real_and_offline():
 
 def test_checkpoint_leaves_out_the_packaged_text_weights(tmp_path):
     """model.pt holds everything but the frozen MiniLM, which reloads from the package, bit-identical."""
-    from ris.engine.checkpoint import save_model_checkpoint
     from ris.models import ModelConfig, build_model
+    from ris.training.checkpoint import save_model_checkpoint
 
     cfg = _config({"prepared": tmp_path, "images": tmp_path}, "sqlite://")
     model = build_model(ModelConfig.from_dict({**cfg["model"], "vocab_size": 30522}))

@@ -220,9 +220,9 @@ def test_import_writes_a_ris_checkpoint(reference, tiny_synthetic, tmp_path, cap
 
     from ris.data.prepare import prepare
     from ris.data.tokenizer import tokenizer_from_vocab
-    from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from ris.evaluation.predict import predict
     from ris.models.text import BERT_BASE
-    from ris.predict import predict
+    from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     torch.manual_seed(0)
     bert = BertModel(BertConfig(vocab_size=16, max_position_embeddings=512, **BERT_BASE), add_pooling_layer=True)

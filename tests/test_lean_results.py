@@ -10,8 +10,8 @@ import signal
 
 import torch
 
-from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from ris.engine.preemption import PREEMPT_EXIT_CODE
+from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
+from ris.training.preemption import PREEMPT_EXIT_CODE
 from tests.test_engine import (  # noqa: F401 (prepared_tiny, store, reference: fixtures)
     finish,
     history_metrics,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ris.engine.optim import build_optimizer, lavt_official_groups
-from ris.engine.train import poly_lambda
 from ris.interop.lavt import map_key
 from ris.models import ModelConfig, build_model
+from ris.training.optim import build_optimizer, lavt_official_groups
+from ris.training.train import poly_lambda
 from tests import test_engine
 
 prepared_tiny, store = test_engine.prepared_tiny, test_engine.store  # fixtures of the training tests

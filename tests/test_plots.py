@@ -15,8 +15,8 @@ from PIL import Image
 from ris.config import table_runs
 from ris.data.prepare import prepare, read_split
 from ris.data.refer import decode_rle
-from ris.engine.evaluate import encode_masks
-from ris.plots import (
+from ris.evaluation.inference import encode_masks
+from ris.report.plots import (
     plot_num_masks,
     plot_precision,
     plot_qualitative,
@@ -26,7 +26,7 @@ from ris.plots import (
     select_swap_pairs,
     table_figures,
 )
-from ris.tables import table_spec
+from ris.report.tables import table_spec
 from tests.test_tables import repo_config, write_fixture_metrics
 
 

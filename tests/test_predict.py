@@ -10,9 +10,9 @@ from PIL import Image
 from ris.cli import main
 from ris.config import RunKey, load_yaml, run_config
 from ris.data.tokenizer import build_vocab
-from ris.engine.checkpoint import save_checkpoint
+from ris.evaluation.predict import overlay_image, predict
 from ris.models import ModelConfig, build_model
-from ris.predict import overlay_image, predict
+from ris.training.checkpoint import save_checkpoint
 from tests.conftest import REPO
 
 SENTENCES = ["the red circle on the left", "big blue square", "object in green"]

@@ -250,7 +250,7 @@ def test_report_opens_in_headless_chromium_with_every_table_and_image(dag, tmp_p
 
 @pytest.mark.slow
 def test_runs_lists_the_mlflow_store(dag, capsys):
-    from ris.runs import list_runs
+    from ris.report.runs import list_runs
 
     uri = f"sqlite:///{dag / 'results' / 'mlflow.db'}"
     df = list_runs(uri)

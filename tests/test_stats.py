@@ -1,4 +1,4 @@
-"""Statistics of the tables: t interval over seeds, paired bootstrap over samples (ris/stats.py)."""
+"""Statistics of the tables: t interval over seeds, paired bootstrap over samples (ris/report/stats.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ris.stats import paired_bootstrap, seed_interval
+from ris.report.stats import paired_bootstrap, seed_interval
 
 
 def samples(iou: np.ndarray, union: float = 1000.0) -> pd.DataFrame:
@@ -90,7 +90,7 @@ def test_paired_bootstrap_averages_seeds_and_checks_pairing():
 def test_stats_table_prints_seed_intervals_and_the_paired_bootstrap(tmp_path):
     """The `stats:` table (Table 3, 3 seeds): CIs in the cells, N=100 vs N=0 under the table and in the CSV."""
     from ris.config import stats_config
-    from ris.tables import PAIRED, stats_spec, write_tables
+    from ris.report.tables import PAIRED, stats_spec, write_tables
     from tests.test_tables import repo_config, write_fixture_metrics
 
     cfg = repo_config(tmp_path / "results")

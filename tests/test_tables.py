@@ -18,8 +18,8 @@ import pytest
 
 from ris.cli import main
 from ris.config import load_yaml, table_evaluations
-from ris.published import METHOD_DISPLAY, default_path, load_published, method_display, method_key
-from ris.tables import build_table, spec_datasets, table_spec, to_latex, to_markdown, write_tables
+from ris.report.published import METHOD_DISPLAY, default_path, load_published, method_display, method_key
+from ris.report.tables import build_table, spec_datasets, table_spec, to_latex, to_markdown, write_tables
 from tests.conftest import REPO
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ris.engine.tracking import RETRIES, init_store, retry, runtime_tags
+from ris.training.tracking import RETRIES, init_store, retry, runtime_tags
 from tests.conftest import REPO
 from tests.test_engine import make_config, prepared_tiny, train_here  # noqa: F401 (prepared_tiny: a fixture)
 
@@ -54,7 +54,7 @@ def test_runtime_tags_name_code_versions_and_device():
 
 def _writer(uri: str, go: str, index: int, steps: int, results) -> None:
     """One of the concurrent jobs: open a run, log params, ``steps`` batched metric writes, tags, finish."""
-    from ris.engine.tracking import RETRIES, Tracker
+    from ris.training.tracking import RETRIES, Tracker
 
     while not Path(go).exists():  # start together
         time.sleep(0.002)

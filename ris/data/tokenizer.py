@@ -17,6 +17,8 @@ from collections.abc import Iterable
 import torch
 from transformers import BertTokenizer
 
+from ris.pretrained import resolve_pretrained
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -38,8 +40,6 @@ def load_tokenizer(name_or_path: str | None, vocab: list[str] | None) -> BertTok
         return tokenizer_from_vocab(vocab)
     if not name_or_path:
         raise ValueError("a tokenizer needs either a vocabulary or a pretrained name/path")
-    from ris.models.text import resolve_pretrained
-
     return BertTokenizer.from_pretrained(resolve_pretrained(name_or_path))
 
 

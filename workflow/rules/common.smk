@@ -99,9 +99,9 @@ def run_model(wildcards):
 
 # Helpers of the report rules (workflow/rules/report.smk): tables, figures and the Snakemake report.
 from ris.config import dataset_for
-from ris.plots import table_figures
-from ris.published import default_path as published_results_path
-from ris.tables import full_caption, table_spec
+from ris.report.plots import table_figures
+from ris.report.published import default_path as published_results_path
+from ris.report.tables import full_caption, table_spec
 
 PUBLISHED_CSV = str(published_results_path())
 TABLE_FORMATS = ["csv", "md", "tex", "html"]

@@ -1,10 +1,10 @@
 # `snakemake --cores 2 stats`: the table named under `stats:` in config.yaml, again with that section's
 # seeds (their runs are trained and evaluated by the usual rules, seed 0 shared with `rule all`), with
-# mean ± std and 95% CIs over seeds and a paired bootstrap over samples per comparison (ris/stats.py).
+# mean ± std and 95% CIs over seeds and a paired bootstrap over samples per comparison (ris/report/stats.py).
 #   results/stats/<table>.{csv,md,tex,html}
 # Not part of `rule all`: the default demo keeps its budget.
 from ris.config import stats_config
-from ris.tables import stats_spec
+from ris.report.tables import stats_spec
 
 if config.get("stats"):
     STATS_TABLE = config["stats"]["table"]

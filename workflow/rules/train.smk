@@ -90,7 +90,7 @@ if scale_baselines():  # none at paper scale: its DAG plans no baseline job
 
     rule baselines:
         # Sentence-blind guesses (all foreground, a random object, the largest object) scored on a split at the
-        # runs' evaluation size: the rows a trained method must beat (ris/baselines.py).
+        # runs' evaluation size: the rows a trained method must beat (ris/evaluation/baselines.py).
         input:
             prepared=f"{DATA}/prepared/{{dataset}}",
             instances=lambda wildcards: str(refer_dir(config, wildcards.dataset) / "instances.json"),

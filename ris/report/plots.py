@@ -9,7 +9,7 @@
   own method) gets best (successes) or worst (failures).
 
 All numbers come from the same place as the tables (metrics.json + published facts via
-:func:`ris.tables.build_table`); predictions from the ``pred_rle`` column of ``samples.csv``.
+:func:`ris.report.tables.build_table`); predictions from the ``pred_rle`` column of ``samples.csv``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ris.metrics import THRESHOLDS  # noqa: E402
-from ris.published import dataset_display, load_published  # noqa: E402
-from ris.tables import CITED, PUBLISHED, REPRODUCED, build_table, row_name, spec_datasets  # noqa: E402
+from ris.report.published import dataset_display, load_published  # noqa: E402
+from ris.report.tables import CITED, PUBLISHED, REPRODUCED, build_table, row_name, spec_datasets  # noqa: E402
 from ris.utils import atomic_path, read_jsonl  # noqa: E402
 
 PRECISION_METRICS = [f"P@{t}" for t in THRESHOLDS]
@@ -51,7 +51,7 @@ def save_figure(fig: plt.Figure, outs: Sequence[Path]) -> None:
 
 
 def _load_reproduced(metric_files: Sequence[Path]) -> pd.DataFrame | None:
-    from ris.engine.evaluate import load_metrics
+    from ris.evaluation.results import load_metrics
 
     existing = [Path(p) for p in metric_files if Path(p).exists()]
     return load_metrics(existing) if existing else None

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ris.engine.preemption import PREEMPT_EXIT_CODE, STOP_SIGNALS
+from ris.training.preemption import PREEMPT_EXIT_CODE, STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 

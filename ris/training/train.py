@@ -21,7 +21,7 @@ on the CPU, autocast and the scaler are simply disabled.
 
 Batches: ``train.batch_size`` is the *global* batch of one optimizer step (32 in the papers), whatever
 the number of processes; ``train.micro_batch_size`` caps what one process runs per forward and gradient
-accumulation makes up the rest (:mod:`ris.engine.sampler`).
+accumulation makes up the rest (:mod:`ris.training.sampler`).
 
 Resume: a rerun finds ``work/last.pt`` and continues at the same step with the same weights, optimizer,
 scheduler, scaler, RNG states, data position and MLflow run. Dropout draws come from a seed derived from
@@ -35,7 +35,7 @@ detecting unused parameters at run time also covers the method- and N-dependent 
 methods, at the cost of one walk over the autograd graph per step, small next to the model's compute.
 BatchNorm normalises with per-micro-batch statistics unless ``train.sync_batchnorm`` (CUDA only; LAVT's
 official code uses it); the running statistics are merged after every step so that they are those of one
-process accumulating the same micro-batches (:class:`ris.engine.distributed.BatchNormStatsMerger`).
+process accumulating the same micro-batches (:class:`ris.training.distributed.BatchNormStatsMerger`).
 """
 
 from __future__ import annotations
@@ -57,14 +57,14 @@ from tqdm import tqdm
 from ris.data.dataset import ReferSplit
 from ris.data.prepare import read_split
 from ris.data.tokenizer import build_vocab, load_tokenizer
-from ris.engine import distributed as ddp
-from ris.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ris.engine.optim import build_optimizer
-from ris.engine.preemption import Preempted, StopRequest, ignore_stop_signals, marker_path
-from ris.engine.sampler import StepSampler, micro_seed, plan_batches
-from ris.engine.tracking import Tracker, runtime_tags
 from ris.metrics import intersection_union, summarize
 from ris.models import ModelConfig, build_model
+from ris.training import distributed as ddp
+from ris.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ris.training.optim import build_optimizer
+from ris.training.preemption import Preempted, StopRequest, ignore_stop_signals, marker_path
+from ris.training.sampler import StepSampler, micro_seed, plan_batches
+from ris.training.tracking import Tracker, runtime_tags
 from ris.utils import atomic_path, read_json, seed_everything, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -589,7 +589,7 @@ ENGINE_KEYS = frozenset(
 
 def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two run configurations (tracking and engine keys aside)."""
-    from ris.engine.tracking import flatten
+    from ris.training.tracking import flatten
 
     a, b = (
         flatten({k: v for k, v in old.items() if k != "tracking"}),

@@ -5,11 +5,11 @@
   scores that segments objects perfectly but ignores the sentence;
 * ``largest_object``: the image's largest annotated object (by mask area), another sentence-blind guess.
 
-Each is scored exactly as a model (:func:`ris.engine.evaluate.write_results`: same resizing, protocol and
+Each is scored exactly as a model (:func:`ris.evaluation.results.write_results`: same resizing, protocol and
 referring accuracy), into ``<out_dir>/<baseline>/metrics.json`` and ``samples.csv``, with the baseline's
 name as ``method`` so tables and plots read them like any run.
 
-The names are imported by the Snakefile (through :mod:`ris.tables`); the heavy imports (torch, pycocotools)
+The names are imported by the Snakefile (through :mod:`ris.report.tables`); the heavy imports (torch, pycocotools)
 wait inside the functions so a dry run stays fast.
 """
 
@@ -43,7 +43,7 @@ def baseline_masks(name: str, table: pd.DataFrame, objects: dict[int, list[dict]
     """The baseline's prediction of every row of ``table``, (N, size, size) bool, at the evaluation size."""
     from pycocotools import mask as mask_utils
 
-    from ris.engine.evaluate import mask_at
+    from ris.evaluation.results import mask_at
 
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
@@ -79,7 +79,8 @@ def evaluate_baselines(
 
     from ris.data.prepare import read_split
     from ris.data.refer import load_instances
-    from ris.engine.evaluate import encode_masks, mask_at, write_results
+    from ris.evaluation.inference import encode_masks
+    from ris.evaluation.results import mask_at, write_results
 
     table = read_split(split_table)
     objects = _objects_by_image(load_instances(instances_json))

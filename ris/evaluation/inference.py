@@ -1,4 +1,4 @@
-"""Evaluation: per-sample IoUs and the protocol's metrics, for validation during training and per split.
+"""Inference of a trained run on its splits: per-sample IoUs, predicted masks, the files of each split.
 
 ``evaluate_splits`` writes, per split, ``metrics.json`` (oIoU, mIoU, P@0.5..0.9, sample and ref counts, protocol)
 and ``samples.csv`` (one row per (ref, sentence) sample: ids, sentence, intersection, union, IoU and the
@@ -14,24 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ris.data.dataset import ReferSplit, resize_mask
+from ris.data.dataset import ReferSplit
 from ris.data.prepare import read_split
-from ris.data.refer import decode_rle
-from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from ris.metrics import IoUAccumulator, mask_rle, referring_accuracy, referring_outcomes, summarize
-from ris.utils import atomic_path, write_json
-
-PROTOCOL = (
-    "LAVT test.py protocol: one sample per (ref, sentence); prediction vs ground truth at "
-    "{size}x{size} (GT resized nearest); IoU=I/U (0 if U=0); oIoU=sum I/sum U; mIoU=mean IoU; "
-    "P@X=share of samples with IoU>=X; RefAcc=share of samples of images with several refs whose prediction "
-    "has a higher IoU with its own ref's mask than with any other ref's"
-)
+from ris.evaluation.results import write_results
+from ris.metrics import IoUAccumulator
+from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def encode_masks(masks: torch.Tensor) -> list[str]:
@@ -128,7 +119,7 @@ def evaluate_splits(
         )
     run_id = ckpt.get("mlflow_run_id")
     if log_mlflow and run_id:
-        from ris.engine.tracking import Tracker
+        from ris.training.tracking import Tracker
 
         tracker = Tracker(config["tracking"]["uri"], config["tracking"]["experiment"], run_id=run_id)
         for split, result in results.items():
@@ -136,80 +127,3 @@ def evaluate_splits(
             tracker.log_artifact(Path(out_dir) / split / "metrics.json", artifact_path=f"eval/{split}")
         tracker.finish()
     return results
-
-
-def mask_at(counts: str | bytes, height: int, width: int, size: int) -> np.ndarray:
-    """An RLE mask of a (height, width) image at the evaluation size, (size, size) bool: the protocol resizes
-    ground truth with nearest neighbour."""
-    return resize_mask(decode_rle(counts, int(height), int(width)), size).numpy().astype(bool)
-
-
-def ref_masks_at(table: pd.DataFrame, size: int) -> dict[int, dict]:
-    """Ground-truth mask of every ref of a split table at the evaluation size, as RLE dicts."""
-    first = table.drop_duplicates("ref_id")
-    return {int(r.ref_id): mask_rle(mask_at(r.rle, r.height, r.width, size)) for r in first.itertuples()}
-
-
-def write_results(
-    out_dir: Path,
-    header: dict[str, Any],
-    table: pd.DataFrame,
-    rows: np.ndarray,
-    inter: np.ndarray,
-    union: np.ndarray,
-    masks: list[str],
-    size: int,
-) -> dict[str, Any]:
-    """Write ``samples.csv`` and ``metrics.json`` (``header`` + metrics + counts) of predictions on a split.
-
-    ``rows``: the table row of each prediction; ``masks``: the predictions as RLE strings at ``size``. The
-    metrics are the protocol's (:func:`ris.metrics.summarize`) plus the referring accuracy ``RefAcc``
-    (:func:`ris.metrics.referring_outcomes`; NaN, written as null, when no image has two refs).
-    """
-    samples = table.iloc[rows][["ref_id", "sent_id", "image_id", "file_name", "sentence"]].copy()
-    samples["intersection"], samples["union"] = inter, union
-    samples["iou"] = np.divide(inter, union, out=np.zeros(len(inter)), where=union > 0)
-    outcomes = referring_outcomes(
-        masks, samples["image_id"].to_numpy(), samples["ref_id"].to_numpy(), ref_masks_at(table, size)
-    )
-    samples["refers"] = outcomes
-    samples["pred_size"] = size
-    samples["pred_rle"] = masks
-    ref = referring_accuracy(outcomes)
-    result = {
-        **header,
-        "metrics": {**summarize(inter, union), "RefAcc": ref["RefAcc"]},
-        "counts": {
-            "samples": int(len(inter)),
-            "refs": int(table["ref_id"].nunique()),
-            "refacc_samples": ref["refacc_samples"],
-        },
-        "protocol": PROTOCOL.format(size=size),
-        "eval_size": size,
-    }
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "samples.csv") as tmp:
-        samples.to_csv(tmp, index=False)
-    write_json(out_dir / "metrics.json", {**result, "metrics": _json_safe(result["metrics"])})
-    return result
-
-
-def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
-    return {k: None if v is None or (isinstance(v, float) and np.isnan(v)) else v for k, v in metrics.items()}
-
-
-def load_metrics(paths: list[Path]) -> pd.DataFrame:
-    """Long table (one row per run x split x metric) from metrics.json files."""
-    import json
-
-    rows = []
-    for p in paths:
-        r = json.loads(Path(p).read_text())
-        for metric, value in r["metrics"].items():
-            if value is None:  # e.g. RefAcc on a split whose images have one ref each
-                continue
-            rows.append(
-                {k: r[k] for k in ("dataset", "split", "method", "backbone", "num_masks", "seed")}
-                | {"metric": metric, "value": value, "samples": r["counts"]["samples"]}
-            )
-    return pd.DataFrame(rows)

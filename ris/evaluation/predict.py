@@ -1,6 +1,6 @@
 """``ris predict``: one checkpoint, one image file and one sentence in; the mask and an overlay out.
 
-The checkpoint carries its configuration and vocabulary (``ris.engine.checkpoint``), so nothing else is
+The checkpoint carries its configuration and vocabulary (``ris.training.checkpoint``), so nothing else is
 needed: the image is resized to the model's input size as in evaluation, the sentence tokenized with
 the checkpoint's tokenizer, and the predicted mask resized back to the image's own resolution.
 Errors a user can fix (missing file, unreadable image, empty sentence, a file that is not a ris
@@ -70,7 +70,7 @@ def predict(checkpoint: Path, image_path: Path, sentence: str, device: str = "cp
     """Segment what ``sentence`` refers to in the image at ``image_path`` with the model in ``checkpoint``."""
     from ris.data.dataset import image_tensor
     from ris.data.tokenizer import encode
-    from ris.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     if sentence is None or not sentence.strip():
         raise ValueError("the sentence is empty: give the expression that refers to an object in the image")

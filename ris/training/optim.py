@@ -13,7 +13,7 @@ groups of LAVT's official ``train.py`` (yz93/LAVT-RIS), the paper preset's choic
    official weights (it computes and discards those gradients) without the work.
 
 The schedule is the same for both: poly decay per optimizer step, (1 - step / (steps_per_epoch *
-epochs)) ** 0.9 (:func:`ris.engine.train.poly_lambda`).
+epochs)) ** 0.9 (:func:`ris.training.train.poly_lambda`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Reproduced numbers are the mean over seeds (``mean ± std [95% CI]`` with severa
 interval); a run without a metrics.json shows as ``missing``, a number the paper did not print as ``-``;
 nothing becomes zero. A spec's ``comparisons`` (the ``stats:`` section of config.yaml, :func:`stats_spec`)
 add a paired bootstrap over samples of the difference between two trained runs on each split
-(:mod:`ris.stats`), printed under the table and as ``paired bootstrap`` rows of the CSV.
+(:mod:`ris.report.stats`), printed under the table and as ``paired bootstrap`` rows of the CSV.
 """
 
 from __future__ import annotations
@@ -32,20 +32,20 @@ from typing import Any
 
 import pandas as pd
 
-from ris.baselines import BASELINE_BACKBONE
+from ris.evaluation.baselines import BASELINE_BACKBONE
 from ris.metrics import METRIC_NAMES
-from ris.published import (
+from ris.report.published import (
     backbone_display,
     dataset_display,
     load_published,
     method_display,
     published_for,
 )
-from ris.stats import REFERS, SAMPLE_COLUMNS, paired_bootstrap, seed_interval
+from ris.report.stats import REFERS, SAMPLE_COLUMNS, paired_bootstrap, seed_interval
 from ris.utils import atomic_path
 
 REPRODUCED, PUBLISHED, DIFFERENCE, CITED = "reproduced", "published", "difference", "published (cited)"
-BASELINE = "baseline"  # a trivial baseline scored by the pipeline on the same split (ris/baselines.py)
+BASELINE = "baseline"  # a trivial baseline scored by the pipeline on the same split (ris/evaluation/baselines.py)
 BASELINE_DISPLAY = {
     "all_foreground": "all foreground",
     "random_object": "a random object",
@@ -139,7 +139,7 @@ def table_spec(config: dict, name: str) -> dict[str, Any]:
             {"method": r["method"], "backbone": r["backbone"], "num_masks": int(r.get("num_masks", 0))}
             for r in t.get("published", [])
         ],
-        "baselines": list(p.get("baselines", [])),  # ris/baselines.py names, rows after the runs
+        "baselines": list(p.get("baselines", [])),  # ris/evaluation/baselines.py names, rows after the runs
         "published_from": t.get("published_from", name),
         "row_labels": list(t.get("row_labels") or []),
         "seeds": [int(s) for s in config["seeds"]],
@@ -206,8 +206,8 @@ def build_table(
 ) -> pd.DataFrame:
     """The table as one long DataFrame (columns ``LONG_COLUMNS``), rows and columns in table order.
 
-    ``reproduced``: :func:`ris.engine.evaluate.load_metrics` output (one row per run x split x metric x
-    seed). ``published``: :func:`ris.published.load_published` output (default: the project's file).
+    ``reproduced``: :func:`ris.evaluation.results.load_metrics` output (one row per run x split x metric x
+    seed). ``published``: :func:`ris.report.published.load_published` output (default: the project's file).
     Every reproduced cell is present (``status`` ``missing`` without a value when its run is absent);
     published and difference cells only where the paper printed the number.
     """
@@ -273,7 +273,7 @@ def build_table(
         r = baseline_run(name)
         for d, s, m in cols:
             key = (spec["dataset_used"].get(d, d), name, BASELINE_BACKBONE, 0, s, m)
-            rec = base(r, BASELINE, d, s, m) | {"source": "ris/baselines.py, on the same split"}
+            rec = base(r, BASELINE, d, s, m) | {"source": "ris/evaluation/baselines.py, on the same split"}
             if key in agg:
                 rec |= {"value": agg[key][0], "seeds": 1, "status": "ok"}
             else:
@@ -288,7 +288,7 @@ def build_table(
 
 
 def baseline_run(name: str) -> dict[str, Any]:
-    """A baseline as a table row entry (``method`` is its name; see :mod:`ris.baselines`)."""
+    """A baseline as a table row entry (``method`` is its name; see :mod:`ris.evaluation.baselines`)."""
     return {"method": name, "backbone": BASELINE_BACKBONE, "num_masks": 0}
 
 
@@ -384,7 +384,7 @@ def comparison_lines(df: pd.DataFrame) -> list[str]:
         return []
     lines = [
         "Paired bootstrap over samples: Δ = first run - second run on the same samples, each the mean over its "
-        "seeds; [95% percentile CI]; p: two-sided p-value of Δ = 0 (test-set sampling only; ris/stats.py)."
+        "seeds; [95% percentile CI]; p: two-sided p-value of Δ = 0 (test-set sampling only; ris/report/stats.py)."
     ]
     for (_, d, s), g in paired.groupby(["row", "dataset", "split"], sort=False):
         computed = g[g["status"] != MISSING]
@@ -535,8 +535,9 @@ def layout(df: pd.DataFrame, spec: dict[str, Any]) -> Layout:
         lay.footnotes.append("published (cited): a method we do not train; its published numbers only.")
     if spec.get("baselines"):
         lay.footnotes.append(
-            "baseline: a sentence-blind guess scored on the same split (ris/baselines.py): all foreground; a "
-            "random object of the image (seeded); the image's largest object. A method above them uses the sentence."
+            "baseline: a sentence-blind guess scored on the same split (ris/evaluation/baselines.py): all "
+            "foreground; a random object of the image (seeded); the image's largest object. A method above them "
+            "uses the sentence."
         )
     if "RefAcc" in spec["metrics"]:
         lay.footnotes.append(
@@ -738,7 +739,7 @@ def write_tables(
     ``metric_files`` that do not exist are skipped (their runs show as missing); files of runs the
     table does not declare are ignored.
     """
-    from ris.engine.evaluate import load_metrics
+    from ris.evaluation.results import load_metrics
 
     existing = [Path(p) for p in metric_files if Path(p).exists()]
     reproduced = load_metrics(existing) if existing else None
