@@ -1,0 +1,215 @@
+"""What one training attempt is made of: data, model, optimizer, schedule, and where its progress stands.
+
+:func:`build_run` turns a checked run configuration into a :class:`Run`: the datasets, the model (DDP
+wrapped under torchrun), AdamW with the poly schedule, the grad scaler, and a :class:`TrainState` restored
+from ``work/last.pt`` when a previous attempt left one. The loop (:mod:`ris.training.train`) and its pieces
+(:mod:`~ris.training.step`, :mod:`~ris.training.validation`, :mod:`~ris.training.state`,
+:mod:`~ris.training.run_log`) read and update it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ris.data.dataset import ReferSplit
+from ris.data.prepare import read_split
+from ris.data.tokenizer import build_vocab, load_tokenizer
+from ris.models import ModelConfig, build_model
+from ris.training import distributed as ddp
+from ris.training.optim import build_optimizer
+from ris.training.preemption import StopRequest, marker_path
+from ris.training.sampler import plan_batches
+from ris.training.tracking import Tracker
+from ris.utils import seed_everything, write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Run", "TrainState", "build_run", "build_tokenizer", "poly_lambda", "resolve_precision"]
+
+
+def poly_lambda(total_steps: int, power: float):
+    """LAVT's polynomial decay: lr * (1 - step / total) ** power."""
+    return lambda step: max(0.0, 1.0 - step / max(1, total_steps)) ** power
+
+
+def resolve_precision(name: str | None, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on the CPU; explicit values stay."""
+    name = (name or "auto").lower()
+    if name not in ("auto", "bf16", "fp16", "fp32"):
+        raise ValueError(f"train.precision: {name!r} is not one of auto, bf16, fp16, fp32")
+    if name == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision fp16 (with a grad scaler) needs CUDA; use bf16 or fp32 on the CPU")
+    return name
+
+
+def build_tokenizer(cfg: dict[str, Any], train_sentences: list[str]):
+    """Pretrained tokenizer when a pretrained text encoder is named, else one built from the train split."""
+    pretrained = cfg["model"].get("pretrained_text")
+    if pretrained:
+        return load_tokenizer(pretrained, None), None
+    vocab = build_vocab(train_sentences)
+    return load_tokenizer(None, vocab), vocab
+
+
+@dataclass
+class TrainState:
+    """Where the run stands: what ``last.pt`` saves besides weights, optimizer, scheduler, scaler and RNG."""
+
+    epochs_done: int = 0  # epochs completed
+    step: int = 0  # optimizer steps done in the current epoch
+    global_step: int = 0
+    epoch_losses: list[float] = field(default_factory=list)  # per step of the current epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
+    pending: list[list[float]] = field(default_factory=list)  # [global_step, loss, lr] not yet sent to MLflow
+    best: float = -1.0  # best validation oIoU so far
+
+
+@dataclass
+class Run:
+    """One training attempt (fresh or resumed); see :mod:`ris.training.train`."""
+
+    cfg: dict[str, Any]
+    out_dir: Path
+    dev: torch.device
+    ctx: ddp.DistContext
+    stop: StopRequest
+    show_progress: bool
+    precision: str
+    vocab: list[str] | None
+    vocab_size: int
+    train_ds: ReferSplit
+    val_ds: ReferSplit
+    batch_size: int  # global: items per optimizer step over all processes
+    micro: int  # items per forward and process (halved on out-of-memory under micro_batch_size auto)
+    accum: int  # micro-batches accumulated per process and step: world_size * accum * micro = batch_size
+    steps_per_epoch: int
+    core: torch.nn.Module  # the model itself
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    state: TrainState = field(default_factory=TrainState)
+    model: torch.nn.Module | None = None  # what the step calls: ``core``, or its DDP wrapper
+    bn_stats: ddp.BatchNormStatsMerger | None = None
+    tracker: Tracker | None = None
+
+    @property
+    def tcfg(self) -> dict[str, Any]:
+        return self.cfg["train"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg["seed"])
+
+    @property
+    def epochs(self) -> int:
+        return int(self.tcfg["epochs"])
+
+    @property
+    def work(self) -> Path:
+        return self.out_dir / "work"
+
+    @property
+    def last_path(self) -> Path:
+        return self.work / "last.pt"
+
+    @property
+    def auto_micro(self) -> bool:
+        """``train.micro_batch_size: auto``: the micro-batch halves on out-of-memory instead of failing."""
+        return self.tcfg.get("micro_batch_size") == "auto"
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.core.parameters() if p.requires_grad]
+
+    def set_micro(self, micro: int | None) -> None:
+        """Use micro-batches of at most ``micro`` items (None: the most the global batch allows per process)."""
+        self.micro, self.accum = plan_batches(self.batch_size, self.ctx.world_size, micro)
+        if self.bn_stats is not None:
+            self.bn_stats.accumulation = self.accum
+
+    def log(self, msg: str, *args: Any) -> None:
+        """Info on rank 0, debug on the others (one line per event, not per process)."""
+        (log.info if self.ctx.is_main else log.debug)(msg, *args)
+
+
+def build_run(
+    cfg: dict[str, Any], out_dir: Path, dev: torch.device, ctx: ddp.DistContext, stop: StopRequest, progress: bool
+) -> Run:
+    """Prepare the run directory, then build data, model and optimizer (restoring nothing yet)."""
+    tcfg, seed = cfg["train"], int(cfg["seed"])
+    work = out_dir / "work"
+    if ctx.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", cfg)
+        marker_path(out_dir).unlink(missing_ok=True)
+        for tmp in work.glob(".*.tmp"):  # a checkpoint being written when the job was killed
+            tmp.unlink(missing_ok=True)
+    seed_everything(seed)
+    precision = resolve_precision(tcfg.get("precision"), dev)
+
+    prepared, images = Path(cfg["data"]["prepared_dir"]), Path(cfg["data"]["images_dir"])
+    train_table, val_table = read_split(prepared / "train.parquet"), read_split(prepared / "val.parquet")
+    tokenizer, vocab = build_tokenizer(cfg, train_table["sentence"].tolist())
+    size, max_tokens = int(tcfg["image_size"]), int(tcfg["max_tokens"])
+    train_ds = ReferSplit(train_table, images, size, tokenizer, max_tokens, train=True, seed=seed)
+    val_ds = ReferSplit(val_table, images, size, tokenizer, max_tokens, train=False)
+
+    batch_size = int(tcfg["batch_size"])
+    requested = tcfg.get("micro_batch_size")
+    micro, accum = plan_batches(batch_size, ctx.world_size, None if requested == "auto" else requested)
+    steps_per_epoch = len(train_ds) // batch_size
+    if tcfg.get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, int(tcfg["max_steps_per_epoch"]))
+    if steps_per_epoch < 1:
+        raise ValueError(f"train split has {len(train_ds)} refs, fewer than one batch of {batch_size}")
+
+    vocab_size = len(tokenizer.get_vocab())
+    core = build_model(ModelConfig.from_dict({**cfg["model"], "vocab_size": vocab_size}))
+    if ctx.enabled and dev.type == "cuda" and tcfg.get("sync_batchnorm"):
+        core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
+    elif ctx.enabled and tcfg.get("sync_batchnorm"):
+        log.warning("train.sync_batchnorm needs CUDA; BatchNorm statistics stay per micro-batch")
+    core = core.to(dev)
+    ids = torch.cat([train_ds.input_ids, val_ds.input_ids])
+    masks = torch.cat([train_ds.attention, val_ds.attention])
+    core.text.cache_sentences(ids, masks, cfg["data"].get("text_features"))  # a frozen encoder's, once
+    if tcfg.get("channels_last", False):
+        core = core.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(core, tcfg.get("optimizer", "adamw"), float(tcfg["lr"]), float(tcfg["weight_decay"]))
+    total_steps = int(tcfg["epochs"]) * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_lambda(total_steps, float(tcfg.get("poly_power", 0.9)))
+    )
+    return Run(
+        cfg=cfg, out_dir=out_dir, dev=dev, ctx=ctx, stop=stop, show_progress=progress and ctx.is_main,
+        precision=precision, vocab=vocab, vocab_size=vocab_size, train_ds=train_ds, val_ds=val_ds,
+        batch_size=batch_size, micro=micro, accum=accum, steps_per_epoch=steps_per_epoch, core=core,
+        optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler(dev.type, enabled=precision == "fp16"),
+    )  # fmt: skip
+
+
+def wrap_for_processes(run: Run) -> None:
+    """The model the step calls (DDP under torchrun) and the BatchNorm statistics merger, once state is restored."""
+    run.model = run.core
+    if run.ctx.enabled:
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            run.core,
+            device_ids=[run.dev.index] if run.dev.type == "cuda" else None,
+            find_unused_parameters=True,
+            **ddp.no_buffer_broadcast(),  # BatchNormStatsMerger keeps the ranks' statistics identical
+        )
+    run.bn_stats = ddp.BatchNormStatsMerger(run.core, run.ctx, run.accum)
