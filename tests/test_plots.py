@@ -16,17 +16,9 @@ from ris.config import table_runs
 from ris.data.prepare import prepare, read_split
 from ris.data.refer import decode_rle
 from ris.evaluation.inference import encode_masks
-from ris.report.plots import (
-    plot_num_masks,
-    plot_precision,
-    plot_qualitative,
-    plot_swap,
-    plot_training,
-    select_samples,
-    select_swap_pairs,
-    table_figures,
-)
-from ris.report.tables import table_spec
+from ris.report.curves import plot_num_masks, plot_precision, plot_training
+from ris.report.grids import plot_qualitative, plot_swap, select_samples, select_swap_pairs
+from ris.report.spec import table_figures, table_spec
 from tests.test_tables import repo_config, write_fixture_metrics
 
 

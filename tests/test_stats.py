@@ -90,7 +90,9 @@ def test_paired_bootstrap_averages_seeds_and_checks_pairing():
 def test_stats_table_prints_seed_intervals_and_the_paired_bootstrap(tmp_path):
     """The `stats:` table (Table 3, 3 seeds): CIs in the cells, N=100 vs N=0 under the table and in the CSV."""
     from ris.config import stats_config
-    from ris.report.tables import PAIRED, stats_spec, write_tables
+    from ris.report.build import PAIRED
+    from ris.report.render import write_tables
+    from ris.report.spec import stats_spec
     from tests.test_tables import repo_config, write_fixture_metrics
 
     cfg = repo_config(tmp_path / "results")

@@ -18,8 +18,10 @@ import pytest
 
 from ris.cli import main
 from ris.config import load_yaml, table_evaluations
+from ris.report.build import build_table
 from ris.report.published import METHOD_DISPLAY, default_path, load_published, method_display, method_key
-from ris.report.tables import build_table, spec_datasets, table_spec, to_latex, to_markdown, write_tables
+from ris.report.render import to_latex, to_markdown, write_tables
+from ris.report.spec import spec_datasets, table_spec
 from tests.conftest import REPO
 
 GOLDEN = Path(__file__).parent / "golden"

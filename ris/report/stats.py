@@ -11,6 +11,8 @@ Two questions a table must answer before its numbers mean anything:
   of Δ*; the two-sided p-value tests Δ = 0 by the shift method (Efron & Tibshirani 1993, §16.4; the
   paired bootstrap of Berg-Kirkpatrick et al. 2012): p = (1 + #{|Δ* - Δ| ≥ |Δ|}) / (1 + B). It covers
   the test-set sampling only; the seed spread is in the first interval.
+* **How sure is a rate measured on few samples?** :func:`wilson_interval`: the Wilson score interval of a
+  binomial proportion (RefAcc of one expression type, :mod:`ris.report.breakdown`).
 
 Metrics are those of ``ris.metrics`` (percentages): ``mIoU`` (mean per-sample IoU), ``oIoU`` (sum of
 intersections / sum of unions), ``P@X`` (share of samples with IoU ≥ X), and ``RefAcc`` (share of the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,6 +33,21 @@ import pandas as pd
 SAMPLE_KEY = ["ref_id", "sent_id"]  # one evaluation sample of samples.csv
 SAMPLE_COLUMNS = [*SAMPLE_KEY, "intersection", "union"]  # what the bootstrap needs of samples.csv
 REFERS = "refers"  # optional per-sample referring outcome (1, 0, NaN: not eligible), for RefAcc
+
+
+def read_samples(path: Path, columns: Sequence[str], optional: Sequence[str] = ()) -> pd.DataFrame:
+    """``columns`` (required) and ``optional`` columns of a ``samples.csv`` of ``ris evaluate`` (not the RLE masks).
+
+    Raises FileNotFoundError or ValueError naming the file and the missing columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no samples.csv (written by `ris evaluate`)")
+    df = pd.read_csv(path, usecols=lambda c: c in (*columns, *optional))
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: not a samples.csv of `ris evaluate` (no column {', '.join(missing)})")
+    return df
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,26 @@ class SeedInterval:
     n: int
     ci_low: float
     ci_high: float
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (low, high), as fractions in [0, 1], of ``successes`` out of ``n`` trials.
+
+    Unlike the normal approximation p ± z·√(p(1-p)/n) it stays inside [0, 1] and keeps its coverage for
+    small ``n`` and rates near 0 or 1 (Wilson 1927; Brown, Cai & DasGupta 2001).
+    """
+    from scipy.stats import norm
+
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval needs 0 <= successes <= n and n > 0, got {successes} of {n}")
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends (no rounding past p)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def seed_interval(values: Sequence[float], confidence: float = 0.95) -> SeedInterval:

@@ -3,6 +3,10 @@
 #   results/tables/<table>.{csv,md,tex,html}
 #   results/plots/<table>/{precision,num_masks,training,qualitative_successes,qualitative_failures,
 #                          qualitative_swap}.{png,pdf}
+#   demo only: results/tables/expression_types.{csv,md,png,pdf}, mIoU and RefAcc per expression type of the
+#   synthetic sentences and the figure of it (ris/report/breakdown.py)
+# `snakemake --cores 1 benchmark_summary` (not in `rule all`): results/tables/benchmarks.{csv,md}, seconds and
+# max RSS per rule from every job's benchmark file (results/benchmarks/<rule>/).
 # `snakemake --report results/report.html` gathers them, grouped by table (captions: workflow/report/).
 # Helper functions (spec_json, report_targets, ...) are in common.smk.
 
@@ -41,11 +45,13 @@ rule tables:
         caption=table_caption,
         metrics=table_metric_files,
     wildcard_constraints:
-        table=r"[^/]+",
+        table=TABLE_NAME,
     conda:
         ENV
     log:
         f"{RESULTS}/logs/tables/{{table}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tables/{{table}}.tsv",
     shell:
         "python -m ris tables --spec {params.spec:q} --published {input.published:q} --metrics {params.metrics}"
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --out-html {output.html:q}"
@@ -69,11 +75,13 @@ rule plot_precision:
         spec=spec_json,
         metrics=table_metric_files,
     wildcard_constraints:
-        table=r"[^/]+",
+        table=TABLE_NAME,
     conda:
         ENV
     log:
         f"{RESULTS}/logs/plots/{{table}}-precision.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_precision/{{table}}.tsv",
     shell:
         "python -m ris plot precision --spec {params.spec:q} --published {input.published:q}"
         " --metrics {params.metrics} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
@@ -96,11 +104,13 @@ rule plot_num_masks:
         spec=spec_json,
         metrics=table_metric_files,
     wildcard_constraints:
-        table=r"[^/]+",
+        table=TABLE_NAME,
     conda:
         ENV
     log:
         f"{RESULTS}/logs/plots/{{table}}-num_masks.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_num_masks/{{table}}.tsv",
     shell:
         "python -m ris plot num_masks --spec {params.spec:q} --published {input.published:q}"
         " --metrics {params.metrics} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
@@ -121,11 +131,13 @@ rule plot_training:
     params:
         spec=spec_json,
     wildcard_constraints:
-        table=r"[^/]+",
+        table=TABLE_NAME,
     conda:
         ENV
     log:
         f"{RESULTS}/logs/plots/{{table}}-training.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_training/{{table}}.tsv",
     shell:
         "python -m ris plot training --spec {params.spec:q} --histories {input:q}"
         " --out {output.png:q} {output.pdf:q} > {log} 2>&1"
@@ -166,14 +178,72 @@ rule plot_qualitative:
         split=lambda wildcards: grid_split(wildcards.table)[1],
         images=lambda wildcards: str(images_dir(config, grid_split(wildcards.table)[0])),
     wildcard_constraints:
-        table=r"[^/]+",
+        table=TABLE_NAME,
     conda:
         ENV
     log:
         f"{RESULTS}/logs/plots/{{table}}-qualitative.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_qualitative/{{table}}.tsv",
     shell:
         "python -m ris plot qualitative --spec {params.spec:q} --samples {params.samples}"
         " --split-table {input.prepared:q}/{params.split}.parquet --images {params.images:q}"
         " --out {output.successes:q} {output.successes_pdf:q}"
         " --out-failures {output.failures:q} {output.failures_pdf:q}"
         " --out-swap {output.swap:q} {output.swap_pdf:q} > {log} 2>&1"
+
+
+if BREAKDOWN_RUNS:  # synthetic data only (its specs.json labels each sentence): paper scale plans no such job
+
+    localrules:
+        expression_types,
+
+    rule expression_types:
+        input:
+            evaluations=eval_dirs([(k, BREAKDOWN_SPLIT) for k in BREAKDOWN_RUNS]),
+            specs=f"{DATA}/refer/{BREAKDOWN_DATASET}/specs.json",
+        output:
+            # not report() items, and not under plots/: the report and plots/ hold the declared tables' outputs only
+            csv=f"{RESULTS}/tables/expression_types.csv",
+            md=f"{RESULTS}/tables/expression_types.md",
+            png=f"{RESULTS}/tables/expression_types.png",
+            pdf=f"{RESULTS}/tables/expression_types.pdf",
+        params:
+            runs=breakdown_run_args(),
+            caption=f"Demo scale: {BREAKDOWN_DATASET} {BREAKDOWN_SPLIT}, the first seed of every run of the tables.",
+        conda:
+            ENV
+        log:
+            f"{RESULTS}/logs/expression_types/expression_types.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/expression_types/expression_types.tsv",
+        shell:
+            "python -m ris expression-types --specs {input.specs:q} {params.runs} --caption {params.caption:q}"
+            " --out-csv {output.csv:q} --out-md {output.md:q} --out-plot {output.png:q} {output.pdf:q} > {log} 2>&1"
+
+
+localrules:
+    benchmark_summary,
+
+
+rule benchmark_summary:
+    # After everything of `rule all` (its targets are the inputs), and not part of it: a second `snakemake` has
+    # nothing to do. `snakemake benchmark_summary --report results/report.html` puts it in the report.
+    input:
+        report_targets(),
+    output:
+        csv=report(
+            f"{RESULTS}/tables/benchmarks.csv",
+            caption="../report/benchmarks.rst",
+            category="cost per job",
+            labels={"content": "seconds and max RSS per rule"},
+        ),
+        md=f"{RESULTS}/tables/benchmarks.md",
+    params:
+        root=BENCHMARKS,
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/benchmark_summary.log",
+    shell:
+        "python -m ris benchmarks --dir {params.root:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log} 2>&1"

@@ -4,7 +4,7 @@
 #   results/stats/<table>.{csv,md,tex,html}
 # Not part of `rule all`: the default demo keeps its budget.
 from ris.config import stats_config
-from ris.report.tables import stats_spec
+from ris.report.spec import stats_spec
 
 if config.get("stats"):
     STATS_TABLE = config["stats"]["table"]
@@ -37,6 +37,8 @@ if config.get("stats"):
             ENV
         log:
             f"{RESULTS}/logs/stats/{STATS_TABLE}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/stats_table/{STATS_TABLE}.tsv",
         shell:
             "python -m ris tables --spec {params.spec:q} --published {input.published:q} --metrics {params.metrics}"
             " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --out-html {output.html:q}"
