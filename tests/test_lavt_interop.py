@@ -8,10 +8,12 @@ the official Swin (pad, then shift) and timm's (shift, then pad) differ.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from timm.layers import DropPath
 from timm.models.swin_transformer import SwinTransformerBlock, get_relative_position_index
 
 from ris.cli import main
@@ -41,9 +43,10 @@ def official_model() -> RISModel:
     return load_official(REFERENCE / "checkpoint.pth")
 
 
-def max_differences(model: RISModel, ref: dict) -> dict[str, float]:
-    """Max abs difference to the official outputs, per stage feature and for the 1/4-size scores."""
-    with torch.no_grad():
+def max_differences(model: RISModel, ref: dict, grad: bool = False) -> dict[str, float]:
+    """Max abs difference to the official outputs, per stage feature and for the 1/4-size scores (computed
+    with gradients when ``grad``, as in training: where activation checkpointing acts)."""
+    with torch.set_grad_enabled(grad):
         out = model.forward_words(ref["image"], ref["l_feats"].transpose(1, 2), ref["l_mask"].squeeze(-1))
     diffs = {
         f"stage{i + 1}": (a - b).abs().max().item() for i, (a, b) in enumerate(zip(out["features"], ref["features"]))
@@ -52,8 +55,28 @@ def max_differences(model: RISModel, ref: dict) -> dict[str, float]:
     return diffs
 
 
-def test_matches_official_outputs(official_model, reference):
-    diffs = max_differences(official_model, reference)
+def checkpointed_training(model: RISModel) -> tuple[RISModel, Counter]:
+    """``model`` with activation checkpointing on, in train mode with its random and batch-statistics layers
+    (drop path, dropout, BatchNorm) in eval mode: outputs comparable to the official eval outputs while the
+    Swin blocks and fusions run under the checkpoint. Also returns live forward counts of the Swin blocks."""
+    model.cfg.options["activation_checkpointing"] = True
+    model.activation_checkpointing = True
+    model.train()
+    calls: Counter = Counter()
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Dropout, DropPath, torch.nn.modules.batchnorm._BatchNorm)):
+            m.eval()
+        if isinstance(m, SwinTransformerBlock):
+            m.register_forward_pre_hook(lambda *_, n=name: calls.update([n]))
+    return model, calls
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "activation_checkpointing"])
+def test_matches_official_outputs(official_model, reference, checkpointing):
+    calls: Counter = Counter()
+    if checkpointing:  # a fresh copy: the module's fixture stays as loaded
+        official_model, calls = checkpointed_training(load_official(REFERENCE / "checkpoint.pth"))
+    diffs = max_differences(official_model, reference, grad=checkpointing)
     print("\nmax abs difference to the official LAVT:", json.dumps(diffs))
     assert set(diffs) == {"stage1", "stage2", "stage3", "stage4", "scores"}
     assert all(d < TOLERANCE for d in diffs.values()), diffs
@@ -62,6 +85,10 @@ def test_matches_official_outputs(official_model, reference):
     )["scores"]
     final = torch.nn.functional.interpolate(scores, size=(480, 480), mode="bilinear", align_corners=True)
     assert torch.equal(final.argmax(1), reference["final_argmax"])
+    if checkpointing:  # two forwards so far; the backward recomputes every block once more
+        assert len(calls) == 8 and set(calls.values()) == {2}
+        scores.sum().backward()
+        assert set(calls.values()) == {3}
 
 
 def test_timm_window_order_does_not_match(reference):

@@ -12,16 +12,34 @@ Each registered name has two sizes: ``full`` (the paper's network, ImageNet weig
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, window_partition, window_reverse
+from timm.models.swin_transformer import (
+    SwinTransformer,
+    SwinTransformerBlock,
+    SwinTransformerStage,
+    window_partition,
+    window_reverse,
+)
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ris.models.registry import register_backbone
+
+
+def recomputed(fn: Callable[..., Any], *args: Any, enabled: bool = True) -> Any:
+    """``fn(*args)``; when ``enabled``, its activations are not kept but recomputed in the backward pass.
+
+    The activation-checkpointing mechanism of every method (option ``activation_checkpointing``): PyTorch's
+    non-reentrant checkpoint, which restores the RNG state for the recomputation, so dropout and drop-path
+    draw the same masks twice and gradients equal those without it.
+    """
+    return checkpoint(fn, *args, use_reentrant=False) if enabled else fn(*args)
 
 
 class StagedBackbone(nn.Module):
@@ -37,6 +55,29 @@ class StagedBackbone(nn.Module):
         self.nhwc = nhwc
         #: NHWC stages hand fusion modules a channels_last view instead of a copy (:meth:`to_nchw`); opt-in.
         self.channels_last_fusion = False
+        #: Parts kept frozen by :meth:`freeze` (no gradients, BatchNorm statistics fixed in train mode too).
+        self.frozen: list[nn.Module] = []
+
+    def freeze(self, stages: int) -> None:
+        """Freeze the stem and the first ``stages`` stages (0: nothing; 4: the whole backbone).
+
+        Their weights get no gradient and their normalisation layers stay in eval mode, so a pretrained
+        early backbone (the demo's, :mod:`ris.training.pretrain`) is kept as it is while the rest adapts;
+        no backward pass runs through a frozen prefix.
+        """
+        if not 0 <= int(stages) <= len(self.stages):
+            raise ValueError(f"model option freeze_backbone_stages must be in [0, {len(self.stages)}], got {stages}")
+        self.frozen = [self.stem, *self.stages[: int(stages)]] if int(stages) else []
+        for part in self.frozen:
+            part.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> StagedBackbone:
+        """``nn.Module.train``, except that frozen parts stay in eval mode (fixed BatchNorm statistics)."""
+        super().train(mode)
+        for part in getattr(self, "frozen", []):
+            part.eval()
+        return self
 
     def to_nchw(self, x: torch.Tensor) -> torch.Tensor:
         """An NHWC stage output as NCHW: a contiguous copy, or with :attr:`channels_last_fusion` a
@@ -53,6 +94,19 @@ class StagedBackbone(nn.Module):
         """An NCHW map back to NHWC for the next Swin stage; ``contiguous`` copies only a non-channels_last map."""
         return x.permute(0, 2, 3, 1).contiguous() if self.nhwc else x
 
+    @staticmethod
+    def run_stage(stage: nn.Module, x: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+        """One stage's output. With ``recompute`` a Swin stage runs its patch merging and then each of its
+        blocks under :func:`recomputed` (as timm's ``SwinTransformerStage.forward`` runs them), so only
+        the blocks' inputs stay in memory until the backward pass. CNN stages always run as they are:
+        recomputing their BatchNorm layers would update the running statistics a second time."""
+        if not recompute or not isinstance(stage, SwinTransformerStage):
+            return stage(x)
+        x = recomputed(stage.downsample, x, enabled=not isinstance(stage.downsample, nn.Identity))
+        for block in stage.blocks:
+            x = recomputed(block, x)
+        return x
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Plain (language-free) features of the four stages, NCHW."""
         x = self.stem(images)
@@ -61,6 +115,34 @@ class StagedBackbone(nn.Module):
             x = stage(x)
             outs.append(self.to_nchw(x))
         return outs
+
+
+#: ``format`` field of a pretrained-backbone file (written by :mod:`ris.training.pretrain`).
+PRETRAINED_FORMAT = "ris-pretrained-backbone"
+
+
+def load_pretrained_file(backbone: StagedBackbone, path: str, family: str, size: str) -> dict[str, Any]:
+    """Load a pretrained-backbone file into ``backbone``; returns its header (without the weights).
+
+    The file is the demo's ImageNet (``results/pretrained/<family>.pt``): its ``family`` and ``size`` must be
+    those of the model's backbone, else a ValueError names the file and the field.
+    """
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: pretrained backbone file not found (field pretrained_backbone)") from None
+    if not isinstance(data, dict) or data.get("format") != PRETRAINED_FORMAT or "state_dict" not in data:
+        raise ValueError(f"{path}: not a pretrained backbone file (expected format {PRETRAINED_FORMAT!r})")
+    for name, want in (("family", family), ("size", size)):
+        if data.get(name) != want:
+            raise ValueError(
+                f"{path}: field {name} is {data.get(name)!r}, but the model's backbone {name} is {want!r}"
+            )
+    try:
+        backbone.load_state_dict(data["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: field state_dict does not fit the {size} {family} backbone ({e})") from None
+    return {k: v for k, v in data.items() if k != "state_dict"}
 
 
 def _check_size(size: str) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ris.models.blocks import TopDownDecoder
+from ris.models.backbones import load_pretrained_file, recomputed
+from ris.models.blocks import QueryDecoder, TopDownDecoder
 from ris.models.losses import dice_loss, resize_logits, weighted_bce
 from ris.models.registry import BACKBONES, TEXT_ENCODERS, lookup
 
@@ -28,7 +29,7 @@ class ModelConfig:
     image_size: int = 128
     vocab_size: int = 30522
     num_masks: int = 0
-    pretrained_backbone: bool = False
+    pretrained_backbone: bool | str = False  # True: timm/hub weights; a path: a pretrained-backbone file
     pretrained_text: str | None = None  # hub id or local folder for from_pretrained
     # method-specific settings; ``backbone_args`` (a dict) overrides the backbone's architecture
     options: dict[str, Any] = field(default_factory=dict)
@@ -58,8 +59,12 @@ class RISModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = lookup(BACKBONES, "backbone", cfg.backbone)(
-            cfg.size, cfg.image_size, cfg.pretrained_backbone, **self.option("backbone_args", {})
+            cfg.size, cfg.image_size, cfg.pretrained_backbone is True, **self.option("backbone_args", {})
         )
+        if isinstance(cfg.pretrained_backbone, str):  # the demo's pretraining job (ris.training.pretrain)
+            load_pretrained_file(self.backbone, cfg.pretrained_backbone, cfg.backbone, cfg.size)
+        # Option ``freeze_backbone_stages`` k: the stem and first k stages keep their (pretrained) weights.
+        self.backbone.freeze(int(self.option("freeze_backbone_stages", 0)))
         self.text = lookup(TEXT_ENCODERS, "text encoder", cfg.text_encoder)(
             cfg.size, cfg.vocab_size, cfg.pretrained_text
         )
@@ -67,6 +72,10 @@ class RISModel(nn.Module):
         self.backbone.channels_last_fusion = bool(self.option("channels_last_fusion", False))
         if self.option("freeze_text", False):
             self.text.freeze()
+        #: Option ``activation_checkpointing``: while training with gradients, :meth:`encode` keeps only the
+        #: inputs of each Swin block and of each stage's fusion and recomputes them in the backward pass
+        #: (less memory, one more forward of the encoder); no effect in eval mode or under ``no_grad``.
+        self.activation_checkpointing = bool(self.option("activation_checkpointing", False))
         #: PWAM's language norm (:class:`ris.models.blocks.PixelWordAttention`): "instance" as the official code.
         self.lang_norm = str(self.option("lang_norm", "instance"))
         # Option ``word_dim``: a learned linear projection of the word features to that width before any
@@ -115,6 +124,24 @@ class RISModel(nn.Module):
         ``decoder_dim`` sets its width (default LAVT's: half the last stage's channels)."""
         return TopDownDecoder(self.backbone.channels, self.option("decoder_dim", None))
 
+    def hidden_dim(self) -> int:
+        """Width of a method's query/context embeddings: option ``hidden_dim`` (256 at full size, 64 tiny)."""
+        return int(self.option("hidden_dim", 256 if self.cfg.size == "full" else 64))
+
+    def build_query_decoder(self, dim: int) -> QueryDecoder:
+        """The Mask2Former-style query decoder of every query-based method (CoupAlign's mask generator, EAVL's
+        aligner), over the fused maps at strides 8, 16 and 32 (call it with all four maps of :meth:`encode`:
+        it takes the coarsest ones); options ``query_layers`` (3), ``heads`` (8), ``ffn_dim`` (8 * dim),
+        ``dropout`` (0.0)."""
+        return QueryDecoder(
+            self.backbone.channels[1:],
+            dim,
+            layers=self.option("query_layers", 3),
+            heads=self.option("heads", 8),
+            ffn_dim=self.option("ffn_dim", 8 * dim),
+            dropout=self.option("dropout", 0.0),
+        )
+
     def encode(
         self,
         images: torch.Tensor,
@@ -125,14 +152,17 @@ class RISModel(nn.Module):
         """Run the backbone stage by stage with ``fusions[i]`` after stage ``i``.
 
         A fusion module maps ``(vis, words, word_mask)`` to ``(vis_next, out, words_next)``: the visual
-        map fed to the next stage, the map handed to the decoder, and (possibly updated) words.
+        map fed to the next stage, the map handed to the decoder, and (possibly updated) words. With
+        :attr:`activation_checkpointing`, while training with gradients, the Swin blocks and the fusions
+        are recomputed in the backward pass (:func:`ris.models.backbones.recomputed`).
         """
         bb = self.backbone
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         x = bb.stem(images)
         outs = []
         for stage, fuse in zip(bb.stages, fusions):
-            x = stage(x)
-            v, out, words = fuse(bb.to_nchw(x), words, word_mask)
+            x = bb.run_stage(stage, x, recompute)
+            v, out, words = recomputed(fuse, bb.to_nchw(x), words, word_mask, enabled=recompute)
             x = bb.from_nchw(v)
             outs.append(out)
         return outs, words

@@ -48,7 +48,6 @@ from ris.models.base import ModelConfig, RISModel
 from ris.models.blocks import (
     AttentionLayer,
     DynamicMaskHead,
-    QueryDecoder,
     flatten_hw,
     masked_mean,
     weighted_mask_sum,
@@ -83,7 +82,7 @@ class CoupAlign(RISModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         chans = self.backbone.channels
-        dim = self.option("hidden_dim", 256 if cfg.size == "full" else 64)
+        dim = self.hidden_dim()
         self.num_masks = int(cfg.num_masks)
         if self.num_masks < 0:
             raise ValueError(f"num_masks must be >= 0, got {self.num_masks}")
@@ -106,14 +105,7 @@ class CoupAlign(RISModel):
         if self.num_masks:
             self.query_feat = nn.Embedding(self.num_masks, dim)
             self.query_pos = nn.Embedding(self.num_masks, dim)
-            self.query_decoder = QueryDecoder(
-                chans[1:],
-                dim,
-                layers=self.option("query_layers", 3),
-                heads=self.option("heads", 8),
-                ffn_dim=self.option("ffn_dim", 8 * dim),
-                dropout=self.option("dropout", 0.0),
-            )
+            self.query_decoder = self.build_query_decoder(dim)
             self.sma_mask_head = DynamicMaskHead(dim, dim, layers=3, bias=False)
         else:
             self.classifier = nn.Conv2d(self.decoder.hidden, 1, 1)
@@ -131,9 +123,7 @@ class CoupAlign(RISModel):
             out["logits"] = self.classifier(pix)
             return out
         b = images.shape[0]
-        q = self.query_decoder(
-            self.query_feat.weight.expand(b, -1, -1), feats[1:], self.query_pos.weight.expand(b, -1, -1)
-        )
+        q = self.query_decoder(self.query_feat.weight.expand(b, -1, -1), feats, self.query_pos.weight.expand(b, -1, -1))
         masks = self.sma_mask_head(q, emb)
         weights = torch.softmax(torch.einsum("bnd,bd->bn", q, sentence) / math.sqrt(q.shape[-1]), dim=1)
         out.update(logits=weighted_mask_sum(masks, weights), masks=masks, mask_weights=weights)

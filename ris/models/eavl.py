@@ -46,7 +46,6 @@ from ris.models.blocks import (
     MLP,
     CrossAttention,
     DynamicMaskHead,
-    QueryDecoder,
     flatten_hw,
     weighted_mask_sum,
 )
@@ -81,7 +80,7 @@ class EAVL(RISModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         chans = self.backbone.channels
-        dim = self.option("hidden_dim", 256 if cfg.size == "full" else 64)
+        dim = self.hidden_dim()
         option_n = self.option("num_queries", None)
         if cfg.num_masks > 0 and option_n is not None and option_n != cfg.num_masks:
             raise ValueError(f"num_masks={cfg.num_masks} and option num_queries={option_n} disagree")
@@ -91,14 +90,7 @@ class EAVL(RISModel):
         self.fusions = pwam_fusions(self)
         self.decoder = self.pixel_decoder()
         self.query_generator = MultiQueryGenerator(self.num_queries, chans[3], self.lang_dim, dim)
-        self.query_decoder = QueryDecoder(
-            chans[1:],
-            dim,
-            layers=self.option("query_layers", 3),
-            heads=self.option("heads", 8),
-            ffn_dim=self.option("ffn_dim", 8 * dim),
-            dropout=self.option("dropout", 0.0),
-        )
+        self.query_decoder = self.build_query_decoder(dim)
         self.mask_generator = DynamicMaskHead(dim, self.decoder.hidden, layers=1, bias=True)
         self.query_estimator = MLP(dim, dim, 1, layers=2)
 
@@ -109,7 +101,7 @@ class EAVL(RISModel):
         feats, _ = self.encode(images, words, attention_mask, self.fusions)
         pix = self.decoder(feats)
         q, probes = self.query_generator(feats[3], words, attention_mask)
-        q = self.query_decoder(q, feats[1:], probes)
+        q = self.query_decoder(q, feats, probes)
         masks = self.mask_generator(q, pix)
         scores = torch.softmax(self.query_estimator(q).squeeze(-1), dim=1)
         return {"logits": weighted_mask_sum(masks, scores), "masks": masks, "query_scores": scores}

@@ -81,7 +81,7 @@ class JMCELN(RISModel):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        dim = self.option("hidden_dim", 256 if cfg.size == "full" else 64)
+        dim = self.hidden_dim()
         stages = int(self.option("num_stages", 3))
         if stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {stages}")

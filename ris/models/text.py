@@ -20,7 +20,7 @@ from transformers import BertConfig, BertModel
 
 from ris.models.blocks import masked_mean
 from ris.models.registry import register_text_encoder
-from ris.pretrained import resolve_pretrained
+from ris.pretrained import is_packaged, resolve_pretrained
 from ris.utils import atomic_path
 
 FEATURES_FORMAT = "ris-text-features-1"
@@ -206,11 +206,37 @@ def _distinct(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[byt
     return out
 
 
+class PoolerlessBert(BertModel):
+    """``BertModel`` built without its pooler (``add_pooling_layer=False``, as LAVT: only word features are used).
+
+    A checkpoint's pooler weights then go unused by design, so transformers' load report ("BertModel LOAD
+    REPORT", logged by ``from_pretrained``) leaves them out; any other missing, unexpected or mismatched
+    weight of a checkpoint is still reported.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"(^|\.)pooler\.dense\.(weight|bias)$"]
+
+
+def load_pretrained_bert(pretrained: str) -> BertModel:
+    """``from_pretrained`` without a pooler; a packaged model (:func:`ris.pretrained.is_packaged`, a local folder
+    of known weights) also loads without transformers' per-tensor progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    quiet = is_packaged(pretrained) and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        return PoolerlessBert.from_pretrained(resolve_pretrained(pretrained), add_pooling_layer=False)
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
 @register_text_encoder("bert-base-uncased")
 def bert_base_uncased(size: str, vocab_size: int, pretrained: str | None = None) -> TextEncoder:
     """BERT-base (LAVT's text encoder) or its tiny sibling; ``pretrained``: hub id, local folder or packaged name."""
     if pretrained:
-        return TextEncoder(BertModel.from_pretrained(resolve_pretrained(pretrained), add_pooling_layer=False))
+        return TextEncoder(load_pretrained_bert(pretrained))
     dims = BERT_BASE if size == "full" else BERT_TINY
     config = BertConfig(vocab_size=vocab_size, max_position_embeddings=512 if size == "full" else 64, **dims)
     return TextEncoder(BertModel(config, add_pooling_layer=False))
