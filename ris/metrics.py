@@ -1,4 +1,4 @@
-"""Evaluation metrics of referring image segmentation, per the protocol pinned in the README.
+"""Evaluation metrics of referring image segmentation, per the protocol pinned in docs/evaluation.md.
 
 The de-facto standard is LAVT's ``test.py``: every sentence of every ref is one sample; prediction and
 ground truth are compared at the evaluation resolution; per-sample IoU = I / U, and 0 when U = 0;

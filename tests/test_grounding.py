@@ -5,7 +5,7 @@ options) trains through the real engine on a small synthetic set; on held-out im
 predictions for the two sentences must differ (their IoU below 0.5) and each must overlap its own ref more
 than the other one. Language reaches LAVT only through PWAM, so with PWAM's word input zeroed the two
 predictions are the same mask and the test fails (``_train_and_probe(..., zero_language=True)``; the failure
-is quoted in the README, "Why the demo models follow the sentence").
+is quoted in docs/demo.md, "Why the demo models follow the sentence").
 """
 
 from __future__ import annotations
