@@ -5,10 +5,12 @@ DataLoader, ``model.predict``, per-sample intersection/union, predictions encode
 split generated as in ``benchmarks/data_path.py`` (COCO-like JPEGs, ``ris prepare``). The model is the paper
 preset's (LAVT with Swin-B and BERT-base by default), random init: the cost is the same as trained weights.
 
-Defaults follow the pipeline's ``evaluate`` rule: the CPU, one thread, batch 16 (``ris evaluate``'s
-default), fp32. ``--device cuda`` (or ``auto`` on a GPU machine) times the same loop on the GPU
-(``--precision bf16`` for autocast). Prints samples/s, seconds per sample and, from them, the hours one
-RefCOCO val split (10,834 sentences, the largest evaluated split) takes, beside the rule's 8 h limit.
+Defaults: the CPU, one thread, batch 16, fp32 (the demo scale's ``evaluate:`` settings). ``--device cuda``
+(or ``auto`` on a GPU machine) times the same loop on the GPU (``--precision bf16``: the autocast of
+``run_inference``, as the paper scale's evaluate jobs run it). Prints samples/s, seconds per sample and,
+from them, the hours one RefCOCO val split (10,834 sentences, the largest evaluated split) takes, beside
+the rate config.yaml's paper scale sizes its evaluate jobs with (``scales.paper.evaluate.samples_per_s``,
+an estimate until a GPU measures it: replace it with this script's rate, or gpu_check.py's).
 
 Run (from the repository root)::
 
@@ -30,16 +32,16 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import machine, markdown, paper_model_config  # noqa: E402  (sibling scripts, not a package)
+from bench_utils import REPO, machine, markdown, paper_model_config  # noqa: E402  (sibling scripts, not a package)
 from data_path import build_split, tokenizer  # noqa: E402
 
+from ris.config import evaluate_settings, load_yaml  # noqa: E402
 from ris.data.dataset import ReferSplit  # noqa: E402
 from ris.data.tokenizer import build_vocab, load_tokenizer  # noqa: E402
 from ris.evaluation.inference import run_inference  # noqa: E402
 from ris.models import build_model  # noqa: E402
 
 REFCOCO_VAL_SENTENCES = 10834  # RefCOCO (UNC) val: sentences = evaluation samples
-RULE_LIMIT_H = 8.0  # workflow/profiles/slurm/config.yaml: evaluate runtime 480 minutes
 
 
 def main() -> None:
@@ -52,7 +54,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="ris evaluate --batch-size (default 16)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the evaluate rule: 1)")
     ap.add_argument("--device", default="cpu", help="cpu (the evaluate rule) | cuda | auto")
-    ap.add_argument("--precision", default="fp32", help="fp32 (ris evaluate) | bf16 (autocast)")
+    ap.add_argument("--precision", default="fp32", help="fp32 (the demo's) | bf16 (autocast, the paper's on CUDA)")
     a = ap.parse_args()
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))  # fmt: skip
@@ -69,18 +71,16 @@ def main() -> None:
         n = min(a.samples, len(split) - a.batch)
         n_masks = a.num_masks if a.method == "coupalign" else 0
         model = build_model(paper_model_config(a.method, a.backbone, a.image, n_masks)).to(device)
-        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
         warm = DataLoader(Subset(split, range(a.batch)), batch_size=a.batch)
         timed = DataLoader(Subset(split, range(a.batch, a.batch + n)), batch_size=a.batch)
-        with amp:
-            run_inference(model, warm, device, masks_out=[])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t, cpu = time.perf_counter(), time.process_time()
-            inter, _, _ = run_inference(model, timed, device, masks_out=[])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        run_inference(model, warm, device, masks_out=[], precision=a.precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t, cpu = time.perf_counter(), time.process_time()
+        inter, _, _ = run_inference(model, timed, device, masks_out=[], precision=a.precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
         assert len(inter) == n
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -89,13 +89,16 @@ def main() -> None:
     # On the CPU, CPU seconds per sample / threads: the rate on dedicated cores, whatever else runs here.
     cpu_rate = n / (cpu / a.threads) if device.type == "cpu" else rate
     cpu_hours = REFCOCO_VAL_SENTENCES / cpu_rate / 3600
+    config = load_yaml(REPO / "config.yaml")
+    config["scale"] = "paper"
+    sized = float(evaluate_settings(config)["samples_per_s"])  # the rate paper evaluate jobs are sized with
     print()
     print(markdown(
         ["model", "device", "threads", "batch", "samples", "samples/s (wall)", "s/sample (wall)",
-         "s/sample (CPU / threads)", "RefCOCO val (h, wall / CPU)", f"fits the rule's {RULE_LIMIT_H:.0f} h"],
+         "s/sample (CPU / threads)", "RefCOCO val (h, wall / CPU)", f"/ config's paper rate ({sized:g}/s)"],
         [[f"{a.method} {a.backbone}", device.type + ("" if device.type == "cpu" else f" {a.precision}"),
           torch.get_num_threads(), a.batch, n, f"{rate:.3g}", f"{1 / rate:.3g}", f"{1 / cpu_rate:.3g}",
-          f"{hours:.1f} / {cpu_hours:.1f}", "yes" if cpu_hours <= RULE_LIMIT_H else "no"]],
+          f"{hours:.1f} / {cpu_hours:.1f}", f"{rate / sized:.2f}x"]],
     ))  # fmt: skip
     print(f"\nload average {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 

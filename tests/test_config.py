@@ -68,6 +68,14 @@ def test_schema_baselines_equal_the_implemented_ones():
             lambda c: c["tables"]["main"].update(datasets={"nope": ["val"]}),
             "dataset 'nope' (-> 'nope') is not declared",
         ),
+        (
+            lambda c: c["scales"]["paper"]["evaluate"].update(device="gpu"),
+            "field scales.paper.evaluate.device: 'gpu' does not match",
+        ),
+        (
+            lambda c: c["scales"]["paper"]["evaluate"].update(samples_per_s=0),
+            "field scales.paper.evaluate.samples_per_s: 0 is less than or equal to the minimum",
+        ),
     ],
 )
 def test_invalid_configs_name_the_field(config, mutate, message):

@@ -9,7 +9,7 @@ Each is scored exactly as a model (:func:`ris.evaluation.results.write_results`:
 referring accuracy), into ``<out_dir>/<baseline>/metrics.json`` and ``samples.csv``, with the baseline's
 name as ``method`` so tables and plots read them like any run.
 
-The names are imported by the Snakefile (through :mod:`ris.report.tables`); the heavy imports (torch, pycocotools)
+The names are imported by the Snakefile (through :mod:`ris.report.spec`); the heavy imports (torch, pycocotools)
 wait inside the functions so a dry run stays fast.
 """
 

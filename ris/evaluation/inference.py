@@ -6,6 +6,10 @@ predicted mask as a compressed COCO RLE string at the evaluation resolution ``pr
 so figures can show any sample's prediction without re-running the model: a 128 px mask is ~50 bytes,
 a 480 px one a few hundred), and logs the splits' metrics into the run's MLflow run when the checkpoint
 knows it.
+
+Devices: one path for the CPU and the GPU. ``device`` and ``precision`` come from the scale's ``evaluate:``
+section of config.yaml (paper: ``cuda``, ``bf16``: the forward under bf16 autocast; demo: ``cpu``, ``fp32``);
+:func:`inference_autocast` is the only switch, and it is off for fp32 (the CPU tests run the same loop).
 """
 
 from __future__ import annotations
@@ -24,6 +28,23 @@ from ris.evaluation.results import write_results
 from ris.metrics import IoUAccumulator
 from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_inference_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere; ``fp32`` and ``bf16`` (also on the CPU) stay as they are."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"evaluation precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def inference_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward's autocast: bf16 when ``precision`` (resolved) says so, else disabled (fp32)."""
+    bf16 = resolve_inference_precision(precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
 
 def encode_masks(masks: torch.Tensor) -> list[str]:
     """Boolean masks (B, H, W) as compressed COCO RLE strings (decode with ``ris.data.refer.decode_rle``)."""
@@ -41,23 +62,28 @@ def run_inference(
     progress: bool = False,
     desc: str = "eval",
     masks_out: list[str] | None = None,
+    precision: str = "fp32",
 ):
     """(per-sample intersection, union, dataset row index) over a loader.
 
     With ``masks_out`` (a list), the predicted masks are appended to it as RLE strings, in sample order.
+    ``precision`` bf16 runs the forward under bf16 autocast (see :func:`inference_autocast`); the masks are
+    thresholded logits either way.
     """
     model.eval()
     acc = IoUAccumulator()
     rows = []
+    non_blocking = device.type == "cuda"
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = batch["image"].to(device)
-        target = batch["target"].to(device)
-        pred = model.predict(
-            images,
-            batch["input_ids"].to(device),
-            batch["attention_mask"].to(device),
-            tuple(target.shape[-2:]),
-        )
+        images = batch["image"].to(device, non_blocking=non_blocking)
+        target = batch["target"].to(device, non_blocking=non_blocking)
+        with inference_autocast(device, precision):
+            pred = model.predict(
+                images,
+                batch["input_ids"].to(device, non_blocking=non_blocking),
+                batch["attention_mask"].to(device, non_blocking=non_blocking),
+                tuple(target.shape[-2:]),
+            )
         acc.update(pred, target)
         if masks_out is not None:
             masks_out.extend(encode_masks(pred))
@@ -75,12 +101,16 @@ def evaluate_splits(
     batch_size: int = 16,
     device: str = "cpu",
     log_mlflow: bool = True,
+    precision: str = "fp32",
+    num_workers: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate a checkpoint on prepared splits (``<prepared_dir>/<split>.parquet``); write
     ``<out_dir>/<split>/metrics.json`` and ``samples.csv`` for each, and return their results by split.
 
     One process per run, not per split: the model, its text encoder (and the sentences of all the splits)
     and MLflow are set up once (each costs seconds; at demo scale more than the inference itself).
+    ``precision``: fp32, bf16 (autocast) or auto (bf16 on CUDA); ``num_workers``: DataLoader processes that
+    decode and resize the images while the GPU runs the model (0: in this process).
     """
     missing = [s for s in splits if not (Path(prepared_dir) / f"{s}.parquet").is_file()]
     if missing:  # before any work
@@ -89,6 +119,7 @@ def evaluate_splits(
     ckpt = load_checkpoint(checkpoint)
     model, tokenizer, config = model_from_checkpoint(ckpt)
     dev = torch.device(device)
+    precision = resolve_inference_precision(precision, dev)
     model.to(dev)
     size, max_tokens = int(config["model"]["image_size"]), int(config["train"]["max_tokens"])
     tables = {split: read_split(Path(prepared_dir) / f"{split}.parquet") for split in splits}
@@ -109,10 +140,12 @@ def evaluate_splits(
     }
     results = {}
     for split, ds in datasets.items():
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+        loader = DataLoader(
+            ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=dev.type == "cuda"
+        )
         masks: list[str] = []
         inter, union, rows = run_inference(
-            model, loader, dev, progress=True, desc=f"evaluate {split}", masks_out=masks
+            model, loader, dev, progress=True, desc=f"evaluate {split}", masks_out=masks, precision=precision
         )
         results[split] = write_results(
             Path(out_dir) / split, {**header, "split": split}, tables[split], rows, inter, union, masks, size
