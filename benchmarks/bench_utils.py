@@ -1,9 +1,15 @@
-"""Helpers shared by the benchmark scripts: the machine a figure came from, and Markdown tables."""
+"""Helpers shared by the benchmark scripts: the machine a figure came from, Markdown tables, the paper model's
+config, and the official LAVT model built from a yz93/LAVT-RIS checkout (read at run time, never vendored)."""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import platform
+import sys
+import types
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +63,37 @@ def paper_model_config(method: str, backbone: str, image_size: int = 480, num_ma
     model = run_config(config, RunKey("refcoco", method, backbone, num_masks, 0))["model"]
     model.update(image_size=image_size, vocab_size=BERT_VOCAB, pretrained_backbone=False, pretrained_text=None)
     return ModelConfig.from_dict(model)
+
+
+def import_official(root: Path) -> types.ModuleType:
+    """``lib.segmentation`` of an official LAVT-RIS checkout (read from ``root`` at run time, never copied:
+    the code is GPL-3.0). Puts ``root`` on ``sys.path``, so its ``bert`` package imports too.
+
+    Its ``lib/backbone.py`` imports mmcv and mmseg only to load ImageNet weights and get a logger; where they
+    are not installed, stand-ins for those two names are registered (random init needs neither).
+    """
+    root = Path(root)
+    if not (root / "lib" / "segmentation.py").is_file() or not (root / "bert" / "modeling_bert.py").is_file():
+        raise FileNotFoundError(f"{root}: not a yz93/LAVT-RIS checkout (no lib/segmentation.py, bert/modeling_bert.py)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    if importlib.util.find_spec("mmseg") is None:
+        utils = types.ModuleType("mmseg.utils")
+        utils.get_root_logger = lambda *a, **k: logging.getLogger("lavt_official")  # type: ignore[attr-defined]
+        sys.modules["mmseg"] = types.ModuleType("mmseg")
+        sys.modules["mmseg.utils"] = utils
+    if importlib.util.find_spec("mmcv") is None:
+        custom = types.ModuleType("lib.mmcv_custom")
+        custom.load_checkpoint = None  # type: ignore[attr-defined]  # only used with ImageNet weights
+        sys.modules["lib.mmcv_custom"] = custom
+    import lib.segmentation as segmentation  # noqa: PLC0415  (from the checkout)
+
+    return segmentation
+
+
+def official_lavt(root: Path) -> torch.nn.Module:
+    """The official paper-size LAVT (Swin-B, window 12, BERT outside it), random init, from the checkout at
+    ``root``; ``model(images, words (B, 768, L), l_mask=(B, L, 1))`` -> class scores (B, 2, H, W)."""
+    segmentation = import_official(root)
+    args = Namespace(swin_type="base", window12=True, mha="", fusion_drop=0.0)
+    return segmentation.lavt(pretrained="", args=args)
