@@ -5,6 +5,7 @@
     ris prepare      REFER files -> one Parquet table per split
     ris encode-text  a frozen text encoder's features of every sentence of a dataset -> one file
     ris mlflow-init  create the tracking store once, before the training fan-out
+    ris pretrain     pretrain a tiny backbone family on its own synthetic images (the demo's ImageNet)
     ris train        train one run from its resolved JSON configuration
     ris evaluate     evaluate a checkpoint on prepared splits -> <split>/metrics.json
     ris tables       a paper table from metrics.json files and published numbers (CSV, Markdown, LaTeX, HTML)
@@ -94,6 +95,15 @@ def _train(a: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _pretrain(a: argparse.Namespace) -> None:
+    from ris.training.pretrain import PretrainConfig, pretrain
+
+    _set_threads(a.threads)
+    cfg = PretrainConfig.from_dict(json.loads(a.config))
+    metrics = pretrain(cfg, Path(a.out), Path(a.metrics))
+    print(json.dumps({k: metrics[k] for k in ("family", "held_out", "seconds")}, indent=2))
+
+
 def _exit_now(code: int) -> None:
     """Exit at once after a preemption (checkpoint fsynced, MLflow told): tearing down an interpreter with
     torch loaded takes seconds here, and the cluster's SIGKILL follows its SIGTERM closely."""
@@ -127,6 +137,8 @@ def _evaluate(a: argparse.Namespace) -> None:
         batch_size=a.batch_size,
         device=a.device,
         log_mlflow=not a.no_mlflow,
+        precision=a.precision,
+        num_workers=a.workers,
     )
     print(json.dumps({split: r["metrics"] for split, r in results.items()}, indent=2))
 
@@ -162,7 +174,7 @@ def _load_config(a: argparse.Namespace) -> dict:
 
 
 def _table_spec_from_config(a: argparse.Namespace) -> dict:
-    from ris.report.tables import table_spec
+    from ris.report.spec import table_spec
 
     if not a.table:
         raise ValueError("give --spec, or --config and --table")
@@ -173,7 +185,8 @@ def _table_spec_from_config(a: argparse.Namespace) -> dict:
 
 
 def _tables(a: argparse.Namespace) -> None:
-    from ris.report.tables import expected_metric_files, write_tables
+    from ris.report.render import write_tables
+    from ris.report.spec import expected_metric_files
 
     spec = _table_spec(a)
     metrics = a.metrics
@@ -191,27 +204,48 @@ def _tables(a: argparse.Namespace) -> None:
 
 
 def _plot(a: argparse.Namespace) -> None:
-    from ris.report import plots
+    from ris.report import curves, grids
 
     spec = _table_spec(a)
     outs = [Path(p) for p in a.out]
     if a.kind == "precision":
-        plots.plot_precision(spec, [Path(p) for p in a.metrics], outs, a.published)
+        curves.plot_precision(spec, [Path(p) for p in a.metrics], outs, a.published)
     elif a.kind == "num_masks":
-        plots.plot_num_masks(spec, [Path(p) for p in a.metrics], outs, a.published)
+        curves.plot_num_masks(spec, [Path(p) for p in a.metrics], outs, a.published)
     elif a.kind == "training":
-        plots.plot_training(spec, [Path(p) for p in a.histories], outs)
+        curves.plot_training(spec, [Path(p) for p in a.histories], outs)
     elif a.kind == "qualitative":
         if not (a.split_table and a.images and a.out_failures):
             raise ValueError("qualitative grids need --samples, --split-table, --images and --out-failures")
-        plots.plot_qualitative(
+        grids.plot_qualitative(
             spec, [Path(p) for p in a.samples], Path(a.split_table), Path(a.images), outs,
             [Path(p) for p in a.out_failures], k=a.k,
         )  # fmt: skip
         if a.out_swap:
-            plots.plot_swap(
+            grids.plot_swap(
                 spec, Path(a.samples[-1]), Path(a.split_table), Path(a.images), [Path(p) for p in a.out_swap]
             )
+
+
+def _expression_types(a: argparse.Namespace) -> None:
+    from ris.report.breakdown import plot_expression_types, write_expression_types
+
+    runs = []
+    for item in a.run:
+        name, sep, path = item.rpartition("=")
+        if not sep or not name:
+            raise ValueError(f"--run {item!r}: expected NAME=path/to/samples.csv")
+        runs.append((name, Path(path)))
+    df = write_expression_types(runs, Path(a.specs), Path(a.out_csv), Path(a.out_md), a.caption)
+    if a.out_plot:
+        plot_expression_types(df, [Path(p) for p in a.out_plot], a.caption)
+
+
+def _benchmarks(a: argparse.Namespace) -> None:
+    from ris.report.benchmarks import write_benchmark_summary
+
+    summary = write_benchmark_summary(Path(a.dir), Path(a.out_csv), Path(a.out_md))
+    print(summary.to_string(index=False))
 
 
 def _predict(a: argparse.Namespace) -> None:
@@ -304,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_train)
 
+    s = sub.add_parser("pretrain", help="pretrain a tiny backbone on its own synthetic images (the demo's ImageNet)")
+    s.add_argument("--config", required=True, help="PretrainConfig as JSON (ris.config.pretrain_config)")
+    s.add_argument("--out", required=True, help="weights + header, e.g. results/pretrained/swin_b.pt")
+    s.add_argument("--metrics", required=True, help="metrics JSON (held-out accuracies, loss per epoch, timings)")
+    s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(fn=_pretrain)
+
     s = sub.add_parser("evaluate", help="evaluate a checkpoint on prepared splits")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--prepared", required=True, help="folder of the prepared <split>.parquet tables")
@@ -311,8 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True)
     s.add_argument("--out", required=True, help="folder for <split>/metrics.json and <split>/samples.csv")
     s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--device", default="cpu", help="cpu | cuda (the scale's evaluate.device in config.yaml)")
+    s.add_argument("--precision", default="fp32", help="fp32 | bf16 (autocast) | auto (bf16 on CUDA, else fp32)")
+    s.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (0: none)")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     s.add_argument("--no-mlflow", action="store_true")
     s.set_defaults(fn=_evaluate)
 
@@ -358,6 +401,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-failures", nargs="*", default=[], help="output files of the failures grid")
     s.add_argument("--out-swap", nargs="*", default=[], help="output files of the swap-the-sentence grid")
     s.set_defaults(fn=_plot)
+
+    s = sub.add_parser("expression-types", help="mIoU and RefAcc per expression type (synthetic data's specs.json)")
+    s.add_argument("--specs", required=True, help="the dataset's specs.json (written by `ris synthesize`)")
+    s.add_argument("--run", action="append", required=True, help="NAME=samples.csv of a run (repeat; last = splits)")
+    s.add_argument("--out-csv", required=True)
+    s.add_argument("--out-md", required=True)
+    s.add_argument("--out-plot", nargs="*", default=[], help="figure paths (.png, .pdf)")
+    s.add_argument("--caption", default="", help="caption of the table and title of the figure")
+    s.set_defaults(fn=_expression_types)
+
+    s = sub.add_parser("benchmarks", help="seconds and max RSS per rule from Snakemake's benchmark files")
+    s.add_argument("--dir", default="results/benchmarks", help="the rules' benchmark folder")
+    s.add_argument("--out-csv", default="results/tables/benchmarks.csv")
+    s.add_argument("--out-md", default="results/tables/benchmarks.md")
+    s.set_defaults(fn=_benchmarks)
 
     s = sub.add_parser("predict", help="mask of what a sentence refers to in an image (mask PNG + overlay PNG)")
     s.add_argument("--checkpoint", required=True, help="a ris checkpoint, e.g. results/runs/<dataset>/<run>/model.pt")

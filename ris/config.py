@@ -66,6 +66,7 @@ def validate(config: dict, schema_path: Path, source: str = "config.yaml") -> No
                     f"the splits of dataset {real!r} ({', '.join(config['datasets'][real]['splits'])})"
                 )
     _validate_stats(config, source)
+    _validate_pretrain(config, source)
 
 
 def _validate_stats(config: dict, source: str) -> None:
@@ -85,6 +86,26 @@ def _validate_stats(config: dict, source: str) -> None:
                 raise ConfigError(
                     f"{source}: field stats.comparisons.{i}.{side}: {r} is not a run of table {st['table']!r}"
                 )
+
+
+def _validate_pretrain(config: dict, source: str) -> None:
+    """A scale that pretrains its backbones has an entry (a seed) for every family it uses, none the demo data's."""
+    section = preset(config).get("pretrain")
+    if not section:
+        return
+    where = f"{source}: field scales.{config['scale']}.pretrain"
+    if preset(config).get("pretrained_backbone"):
+        raise ConfigError(f"{where}: a scale sets either pretrain or pretrained_backbone: true, not both")
+    where += ".families"
+    missing = [b for b in pretrain_backbones(config) if b not in section["families"]]
+    if missing:
+        raise ConfigError(f"{where}: no entry (seed) for backbone(s) {', '.join(missing)} used by the grid")
+    data_seed = int((config.get("synthetic") or {}).get("seed", 0))
+    clash = [b for b, f in section["families"].items() if int(f["seed"]) == data_seed]
+    if clash:
+        raise ConfigError(
+            f"{where}: {', '.join(clash)} uses the demo data's seed {data_seed}; pretraining must not see its images"
+        )
 
 
 def stats_config(config: dict) -> dict:
@@ -171,6 +192,37 @@ def table_evaluations(config: dict, table: str) -> list[tuple[RunKey, str]]:
     return list(dict.fromkeys(pairs))
 
 
+#: ``scales.<scale>.evaluate`` settings a scale leaves out (the demo's: the CPU, one thread, fp32).
+EVALUATE_DEFAULTS: dict[str, Any] = {"device": "cpu", "precision": "fp32", "batch_size": 16, "threads": 1,
+                                     "num_workers": 0}  # fmt: skip
+
+
+def evaluate_settings(config: dict) -> dict[str, Any]:
+    """The scale's ``evaluate:`` section over :data:`EVALUATE_DEFAULTS`: what the evaluate rule passes to
+    ``ris evaluate`` (device, precision, batch size, threads, workers) and how its jobs are sized."""
+    return {**EVALUATE_DEFAULTS, **preset(config).get("evaluate", {})}
+
+
+def evaluate_gpus(config: dict) -> int:
+    """GPUs of an evaluate job (the rule's ``gpu`` resource): 1 when the scale evaluates on CUDA, else 0."""
+    return int(str(evaluate_settings(config)["device"]).startswith("cuda"))
+
+
+def evaluate_runtime_min(config: dict, num_splits: int) -> int:
+    """Minutes an evaluate job of ``num_splits`` splits may run (the rule's ``runtime``, sbatch -t).
+
+    ``setup_min + runtime_margin * num_splits * split_samples / samples_per_s / 60``, rounded up: the
+    rate ``samples_per_s`` and its margin are in config.yaml (``scales.<scale>.evaluate``), the one place
+    where a measured number replaces the estimate.
+    """
+    e = evaluate_settings(config)
+    missing = [k for k in ("samples_per_s", "split_samples", "runtime_margin", "setup_min") if k not in e]
+    if missing:
+        raise ConfigError(f"config.yaml: field scales.{config['scale']}.evaluate: missing {', '.join(missing)}")
+    seconds = float(e["runtime_margin"]) * num_splits * int(e["split_samples"]) / float(e["samples_per_s"])
+    return int(e["setup_min"]) + -(-int(round(seconds)) // 60)
+
+
 def tracking_uri(config: dict) -> str:
     """MLflow tracking URI: config, else $MLFLOW_TRACKING_URI, else a SQLite file under results_dir."""
     uri = (config.get("mlflow") or {}).get("tracking_uri")
@@ -210,7 +262,7 @@ def run_config(config: dict, key: RunKey) -> dict[str, Any]:
             "size": p["model_size"],
             "image_size": train["image_size"],
             "num_masks": key.num_masks,
-            "pretrained_backbone": bool(p.get("pretrained_backbone", False)),
+            "pretrained_backbone": pretrained_backbone(config, key.backbone),
             "pretrained_text": p.get("pretrained_text"),
             "options": {**copy.deepcopy(p.get("model_options", {})), **copy.deepcopy(method.get("options", {}))},
         },
@@ -228,6 +280,43 @@ def run_config(config: dict, key: RunKey) -> dict[str, Any]:
                 "tables": ",".join(tables),
             },
         },
+    }
+
+
+def pretrain_backbones(config: dict) -> list[str]:
+    """Backbone families the scale pretrains itself (``scales.<scale>.pretrain``: the demo's ImageNet, one
+    ``pretrain`` job each): those of every run of the grid, stats runs included; none at paper scale."""
+    if not preset(config).get("pretrain"):
+        return []
+    return sorted({k.backbone for k in all_runs(config)})  # the stats runs are a table's runs: same families
+
+
+def pretrained_path(config: dict, backbone: str) -> str:
+    """The pretraining job's weights of a backbone family (``ris pretrain``)."""
+    return str(Path(config["results_dir"]) / "pretrained" / f"{backbone}.pt")
+
+
+def pretrained_backbone(config: dict, backbone: str) -> bool | str:
+    """A run's ``model.pretrained_backbone``: the pretraining job's file where the scale pretrains (demo),
+    else the preset's boolean (paper: True, timm's ImageNet weights)."""
+    if preset(config).get("pretrain"):
+        return pretrained_path(config, backbone)
+    return bool(preset(config).get("pretrained_backbone", False))
+
+
+def pretrain_config(config: dict, backbone: str) -> dict[str, Any]:
+    """Settings of one pretraining job (ris.training.pretrain.PretrainConfig): the preset's ``pretrain``
+    section updated by this family's entry (seed, ...), the scale's model and image size, the demo
+    generator's other settings."""
+    p = preset(config)
+    section = {k: v for k, v in p["pretrain"].items() if k != "families"}
+    return {
+        **section,
+        **p["pretrain"]["families"][backbone],  # its seed and any setting of its own (e.g. epochs)
+        "family": backbone,
+        "size": p["model_size"],
+        "image_size": int(p["train"]["image_size"]),
+        "synthetic": copy.deepcopy(config.get("synthetic") or {}),
     }
 
 

@@ -25,7 +25,15 @@ SMALL_TABLE = {
 TINY = {
     "synthetic": {"seed": 0, "image_size": 64, "num_images": {"train": 24, "val": 6, "testA": 4, "testB": 4}},
     "train": {"image_size": 64, "epochs": 2, "batch_size": 4, "lr": 1.0e-3},
+    "pretrain": {"num_images": 12, "held_out": 4, "epochs": 1, "batch_size": 4, "warmup_steps": 1},
 }
+
+
+def shrink_pretraining(cfg: dict) -> None:
+    """The demo's backbone pretraining at test size: TINY's settings, every family's own but its seed dropped."""
+    section = cfg["scales"]["demo"]["pretrain"]
+    section.update(TINY["pretrain"])
+    section["families"] = {name: {"seed": f["seed"]} for name, f in section["families"].items()}
 
 
 def copy_workflow(tmp_path: Path) -> Path:
@@ -44,6 +52,7 @@ def make_workdir(tmp_path: Path, tables: dict | None = None, scale_train: dict |
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["synthetic"].update(TINY["synthetic"])
     cfg["scales"]["demo"]["train"].update(scale_train or TINY["train"])
+    shrink_pretraining(cfg)
     cfg["tables"] = tables or SMALL_TABLE
     if (cfg.get("stats") or {}).get("table") not in cfg["tables"]:
         cfg.pop("stats", None)  # it names a table of the full config

@@ -1,5 +1,6 @@
 # Helpers shared by the rules: the grid comes from ris.config, so it is unit-tested there.
 import json
+import re
 import shlex
 
 from ris.config import (
@@ -8,6 +9,9 @@ from ris.config import (
     frozen_text,
     images_dir,
     prepare_inputs,
+    pretrain_backbones,
+    pretrain_config,
+    pretrained_path,
     refer_dir,
     released_checkpoint,
     run_config,
@@ -91,6 +95,11 @@ def text_features(wildcards):
     return [text_features_path(config, wildcards.dataset)] if frozen_text(config) else []
 
 
+def pretrained_input(wildcards):
+    """The pretraining job's weights of the run's backbone where the scale pretrains its own (demo), else none."""
+    return [pretrained_path(config, wildcards.backbone)] if pretrain_backbones(config) else []
+
+
 def run_model(wildcards):
     """The checkpoint a run is evaluated with: trained (model.pt), or imported released weights (released.pt)."""
     key = run_key(wildcards)
@@ -99,13 +108,36 @@ def run_model(wildcards):
 
 # Helpers of the report rules (workflow/rules/report.smk): tables, figures and the Snakemake report.
 from ris.config import dataset_for
-from ris.report.plots import table_figures
 from ris.report.published import default_path as published_results_path
-from ris.report.tables import full_caption, table_spec
+from ris.report.spec import BREAKDOWN_SPLIT, breakdown_runs, full_caption, run_labels, table_figures, table_spec
 
 PUBLISHED_CSV = str(published_results_path())
 TABLE_FORMATS = ["csv", "md", "tex", "html"]
 FIGURE_FORMATS = ["png", "pdf"]
+
+
+TABLE_NAME = "|".join(re.escape(t) for t in config["tables"])  # the {table} wildcard: declared tables only
+BENCHMARKS = f"{RESULTS}/benchmarks"  # every rule's `benchmark:` files, <rule>/<wildcards>.tsv
+
+
+def breakdown():
+    """(dataset, runs) of the expression-type table: first-seed runs on synthetic data (none at paper scale)."""
+    runs = breakdown_runs(config)
+    if not runs:
+        return None, []
+    return runs[0].dataset, [k for k in runs if k.dataset == runs[0].dataset]
+
+
+BREAKDOWN_DATASET, BREAKDOWN_RUNS = breakdown()
+EXPRESSION_TYPES_FILES = [f"{RESULTS}/tables/expression_types.{ext}" for ext in ("csv", "md", *FIGURE_FORMATS)]
+EXPRESSION_TYPES_FILES = EXPRESSION_TYPES_FILES if BREAKDOWN_RUNS else []
+
+
+def breakdown_run_args():
+    """`--run NAME=samples.csv` of every run of the expression-type table (shell-quoted)."""
+    names = run_labels(BREAKDOWN_RUNS)
+    files = [f"{RESULTS}/eval/{k.path}/{BREAKDOWN_SPLIT}/samples.csv" for k in BREAKDOWN_RUNS]
+    return " ".join(f"--run {shlex.quote(f'{n}={f}')}" for n, f in zip(names, files))
 
 
 def spec_json(wildcards):
@@ -141,4 +173,4 @@ def report_targets():
         out += [f"{RESULTS}/tables/{t}.{ext}" for ext in TABLE_FORMATS]
         for fig in table_figures(table_spec(config, t)):
             out += [f"{RESULTS}/plots/{t}/{fig}.{ext}" for ext in FIGURE_FORMATS]
-    return out
+    return out + EXPRESSION_TYPES_FILES

@@ -5,6 +5,7 @@ rule synthesize:
     output:
         refs=f"{DATA}/refer/{{dataset}}/refs(unc).p",
         instances=f"{DATA}/refer/{{dataset}}/instances.json",
+        specs=f"{DATA}/refer/{{dataset}}/specs.json",  # sent_id -> semantic spec (expression_types table)
     params:
         cfg=lambda wildcards: json.dumps(config.get("synthetic", {})),
         out=lambda wildcards: str(refer_dir(config, wildcards.dataset)),
@@ -12,6 +13,8 @@ rule synthesize:
         ENV
     log:
         f"{RESULTS}/logs/synthesize/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthesize/{{dataset}}.tsv",
     shell:
         "python -m ris synthesize --out {params.out} --config {params.cfg:q} > {log} 2>&1"
 
@@ -37,6 +40,8 @@ rule download:
         ENV
     log:
         f"{RESULTS}/logs/download/{{dest}}-{{archive}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/download/{{dest}}-{{archive}}.tsv",
     shell:
         "python -m ris download --name {wildcards.archive:q} {params.urls} --size {params.size}"
         " --sha256 {params.sha:q} --download-dir {params.downloads:q} --extract-dir {params.extract:q}"
@@ -57,6 +62,8 @@ rule prepare:
         ENV
     log:
         f"{RESULTS}/logs/prepare/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare/{{dataset}}.tsv",
     shell:
         "python -m ris prepare --refer-dir {params.refer:q} --split-by {params.split_by} --splits {params.splits}"
         " --images {params.images:q} --out {output:q} > {log} 2>&1"
@@ -77,6 +84,8 @@ rule text_features:
         ENV
     log:
         f"{RESULTS}/logs/text_features/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/text_features/{{dataset}}.tsv",
     shell:
         "python -m ris encode-text --prepared {input:q} --pretrained {params.pretrained:q}"
         " --max-tokens {params.max_tokens} --out {output:q} --threads {threads} > {log} 2>&1"

@@ -15,14 +15,37 @@ rule mlflow_init:
         ENV
     log:
         f"{RESULTS}/logs/mlflow_init.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mlflow_init/mlflow_init.tsv",
     shell:
         "python -m ris mlflow-init --uri {params.uri:q} --marker {output:q} > {log} 2>&1"
+
+
+rule pretrain:
+    # The demo's ImageNet: one tiny backbone family trained on its own synthetic images (dense shape, colour and
+    # size labels; ris/training/pretrain.py). Only scales with a `pretrain:` section (the demo) ask for it.
+    output:
+        model=f"{RESULTS}/pretrained/{{backbone}}.pt",
+        metrics=f"{RESULTS}/pretrained/{{backbone}}.json",
+    params:
+        cfg=lambda wildcards: json.dumps(pretrain_config(config, wildcards.backbone), sort_keys=True),
+    threads: 1
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/pretrain/{{backbone}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain/{{backbone}}.tsv",
+    shell:
+        "python -m ris pretrain --config {params.cfg:q} --out {output.model:q} --metrics {output.metrics:q}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule train:
     input:
         prepared=f"{DATA}/prepared/{{dataset}}",
         text=text_features,
+        pretrained=pretrained_input,
         mlflow=rules.mlflow_init.output,
     output:
         model=f"{RUN_DIR}/model.pt",
@@ -40,6 +63,8 @@ rule train:
         ENV
     log:
         f"{RESULTS}/logs/train/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.tsv",
     shell:
         # Exit status 75: stopped by SIGTERM/SIGUSR1 after saving work/last.pt; a rerun resumes from it.
         "python -m ris train --run-config {params.cfg:q} --out {params.out:q} --threads {threads}"
@@ -59,6 +84,8 @@ rule import_released:
         ENV
     log:
         f"{RESULTS}/logs/import/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/import_released/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.tsv",
     shell:
         "python -m ris import-checkpoint --format {params.fmt} {input.checkpoint:q} --out {output.model:q}"
         " --run-config {params.cfg:q} > {log} 2>&1"
