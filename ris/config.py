@@ -78,7 +78,7 @@ def _validate_stats(config: dict, source: str) -> None:
         raise ConfigError(
             f"{source}: field stats.table: {st['table']!r} is not a table under tables ({', '.join(config['tables'])})"
         )
-    runs = [(r["method"], r["backbone"], int(r.get("num_masks", 0))) for r in config["tables"][st["table"]]["runs"]]
+    runs = [(r["method"], r["backbone"], int(r.get("num_masks", 0))) for r in scale_table_runs(config, st["table"])]
     for i, pair in enumerate(st.get("comparisons", [])):
         for side in ("a", "b"):
             r = pair[side]
@@ -141,12 +141,26 @@ class RunKey:
         return f"{self.dataset}/{self.name}"
 
 
+def scale_table_runs(config: dict, table: str) -> list[dict]:
+    """The runs a table declares that this scale trains: all of them, unless ``scales.<scale>.num_masks`` lists
+    the numbers of masks N it keeps (the demo drops N = 20 and 150 of the N ablation for its time budget)."""
+    keep = config["scales"][config["scale"]].get("num_masks")
+    runs = config["tables"][table]["runs"]
+    return [r for r in runs if keep is None or int(r.get("num_masks", 0)) in keep]
+
+
+def dropped_num_masks(config: dict, table: str) -> list[int]:
+    """The N of a table's runs this scale does not train (see :func:`scale_table_runs`), sorted."""
+    kept = {int(r.get("num_masks", 0)) for r in scale_table_runs(config, table)}
+    return sorted({int(r.get("num_masks", 0)) for r in config["tables"][table]["runs"]} - kept)
+
+
 def table_runs(config: dict, table: str) -> list[RunKey]:
-    """Every run a table needs (datasets x runs x seeds), in table order."""
+    """Every run a table needs at this scale (datasets x runs x seeds), in table order."""
     t = config["tables"][table]
     keys = []
     for d in dict.fromkeys(dataset_for(config, d) for d in t["datasets"]):
-        for run in t["runs"]:
+        for run in scale_table_runs(config, table):
             for seed in config["seeds"]:
                 keys.append(
                     RunKey(dataset_for(config, d), run["method"], run["backbone"], run.get("num_masks", 0), seed)

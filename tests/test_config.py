@@ -89,8 +89,9 @@ def test_invalid_configs_name_the_field(config, mutate, message):
 
 def test_demo_grid_runs_shared_by_tables_are_trained_once(config):
     runs = all_runs(config)
-    # main 4 + ResNet-101 2 + Darknet-53 1 + N in {0, 20, 50, 150, 200} (N = 100 is main's CoupAlign)
-    assert len(runs) == 12
+    # main 4 + ResNet-101 2 + Darknet-53 1 + N in {0, 50, 200} (N = 100 is main's CoupAlign; the demo keeps
+    # N = 0, 50, 100, 200 of the ablation: scales.demo.num_masks)
+    assert len(runs) == 10
     assert {k.dataset for k in runs} == {"synthetic"}
     assert RunKey("synthetic", "coupalign", "swin_b", 100, 0) in runs
     # the main table's datasets all alias to one synthetic set: each split evaluated once per run
@@ -148,3 +149,19 @@ def test_tracking_uri_env_override(config, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     rc = run_config(config, RunKey("synthetic", "lavt", "swin_b", 0, 0))
     assert rc["tracking"]["uri"] == "http://127.0.0.1:5999"
+
+
+def test_a_scale_trains_only_its_num_masks(config):
+    """scales.demo.num_masks keeps N = 0, 50, 100, 200 of the N ablation, the paper scale all six; the demo
+    table's note names the N left out."""
+    from ris.config import scale_table_runs, table_runs
+    from ris.report.spec import table_spec
+
+    demo = sorted({k.num_masks for k in table_runs(config, "mask_number")})
+    assert demo == [0, 50, 100, 200]
+    assert [r["num_masks"] for r in table_spec(config, "mask_number")["runs"]] == [0, 50, 100, 200]
+    assert "N = 20, 150 not trained at this scale (scales.demo.num_masks)" in table_spec(config, "mask_number")["note"]
+    paper = copy.deepcopy(config)
+    paper["scale"] = "paper"
+    assert [r["num_masks"] for r in scale_table_runs(paper, "mask_number")] == [0, 20, 50, 100, 150, 200]
+    assert "not trained" not in table_spec(paper, "mask_number")["note"]

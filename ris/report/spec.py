@@ -43,11 +43,15 @@ def demo_note(config: dict, datasets: Iterable[str]) -> str:
 
 def table_spec(config: dict, name: str) -> dict[str, Any]:
     """Resolve the declaration of table ``name`` in ``config`` into what ``ris tables`` needs."""
-    from ris.config import dataset_for
+    from ris.config import dataset_for, dropped_num_masks, scale_table_runs
 
     t = config["tables"][name]
     caption = t.get("caption", name)
     note = demo_note(config, t["datasets"])
+    if dropped := dropped_num_masks(config, name):
+        listed = ", ".join(str(n) for n in dropped)
+        where = f"scales.{config['scale']}.num_masks"
+        note = f"{note} N = {listed} not trained at this scale ({where}); the paper scale trains every N.".strip()
     p = config["scales"][config["scale"]]
     metrics = list(t.get("metrics") or METRIC_NAMES)
     metrics += [m for m in p.get("extra_metrics", []) if m not in metrics]
@@ -62,7 +66,7 @@ def table_spec(config: dict, name: str) -> dict[str, Any]:
         "dataset_used": {d: dataset_for(config, d) for d in t["datasets"]},
         "runs": [
             {"method": r["method"], "backbone": r["backbone"], "num_masks": int(r.get("num_masks", 0))}
-            for r in t["runs"]
+            for r in scale_table_runs(config, name)
         ],
         "cited": [
             {"method": r["method"], "backbone": r["backbone"], "num_masks": int(r.get("num_masks", 0))}
