@@ -89,9 +89,8 @@ def test_invalid_configs_name_the_field(config, mutate, message):
 
 def test_demo_grid_runs_shared_by_tables_are_trained_once(config):
     runs = all_runs(config)
-    # main 4 + ResNet-101 2 + Darknet-53 1 + N in {0, 50, 200} (N = 100 is main's CoupAlign; the demo keeps
-    # N = 0, 50, 100, 200 of the ablation: scales.demo.num_masks)
-    assert len(runs) == 10
+    # main 4 + ResNet-101 2 + Darknet-53 1 + N in {0, 20, 50, 150, 200} (N = 100 is main's CoupAlign)
+    assert len(runs) == 12
     assert {k.dataset for k in runs} == {"synthetic"}
     assert RunKey("synthetic", "coupalign", "swin_b", 100, 0) in runs
     # the main table's datasets all alias to one synthetic set: each split evaluated once per run
@@ -152,11 +151,14 @@ def test_tracking_uri_env_override(config, monkeypatch):
 
 
 def test_a_scale_trains_only_its_num_masks(config):
-    """scales.demo.num_masks keeps N = 0, 50, 100, 200 of the N ablation, the paper scale all six; the demo
-    table's note names the N left out."""
+    """scales.<scale>.num_masks = [0, 50, 100, 200] keeps 4 of the N ablation's runs at that scale, the other
+    scale trains all six; the table's note names the N left out."""
     from ris.config import scale_table_runs, table_runs
     from ris.report.spec import table_spec
 
+    assert [r["num_masks"] for r in scale_table_runs(config, "mask_number")] == [0, 20, 50, 100, 150, 200]
+    config = copy.deepcopy(config)
+    config["scales"]["demo"]["num_masks"] = [0, 50, 100, 200]
     demo = sorted({k.num_masks for k in table_runs(config, "mask_number")})
     assert demo == [0, 50, 100, 200]
     assert [r["num_masks"] for r in table_spec(config, "mask_number")["runs"]] == [0, 50, 100, 200]

@@ -26,7 +26,8 @@ def checkpoint(tmp_path_factory):
     rc = run_config(cfg, RunKey("synthetic", "lavt", "swin_b", 0, 0))
     vocab = build_vocab(SENTENCES)
     torch.manual_seed(0)
-    model = build_model(ModelConfig.from_dict({**rc["model"], "vocab_size": len(vocab)}))
+    # random init: the demo's pretrained backbone file (results/pretrained/) is not needed to load the checkpoint
+    model = build_model(ModelConfig.from_dict({**rc["model"], "vocab_size": len(vocab), "pretrained_backbone": False}))
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     save_checkpoint(
         path, {"config": rc, "vocab": vocab, "vocab_size": len(vocab), "epoch": 0, "model": model.state_dict()}

@@ -304,4 +304,4 @@ def test_full_demo_dag_declares_every_table_and_figure(tmp_path):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["tables"] == "4" and counts["plot_precision"] == "4" and counts["plot_training"] == "4"
     assert counts["plot_qualitative"] == "4" and counts["plot_num_masks"] == "1"
-    assert counts["train"] == "10"  # the demo trains N = 0, 50, 100, 200 of the N ablation (scales.demo.num_masks)
+    assert counts["train"] == "12"

@@ -21,6 +21,7 @@ from ris.data.prepare import read_split
 from ris.data.tokenizer import build_vocab, load_tokenizer
 from ris.models import ModelConfig, build_model
 from ris.training import distributed as ddp
+from ris.training.ema import WeightEMA, build_ema
 from ris.training.optim import build_optimizer
 from ris.training.preemption import StopRequest, marker_path
 from ris.training.sampler import plan_batches
@@ -100,6 +101,7 @@ class Run:
     model: torch.nn.Module | None = None  # what the step calls: ``core``, or its DDP wrapper
     bn_stats: ddp.BatchNormStatsMerger | None = None
     tracker: Tracker | None = None
+    ema: WeightEMA | None = None  # train.ema_decay: averages of the trainable weights (validation, best.pt)
 
     @property
     def tcfg(self) -> dict[str, Any]:
@@ -199,6 +201,7 @@ def build_run(
         batch_size=batch_size, micro=micro, accum=accum, steps_per_epoch=steps_per_epoch, core=core,
         optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(dev.type, enabled=precision == "fp16"),
+        ema=build_ema(core, tcfg.get("ema_decay")),  # after build_optimizer: it decides what is trainable
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from ris.training.checkpoint import rng_state, save_checkpoint, set_rng_state
+from ris.training.ema import build_ema
 from ris.training.preemption import Preempted, marker_path
 from ris.training.run import Run
 from ris.training.run_log import flush_pending
@@ -55,6 +56,10 @@ def restore(run: Run, ckpt: dict[str, Any]) -> str | None:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None and ckpt.get("ema"):
+        run.ema.load_state_dict(ckpt["ema"])
+    elif run.ema is not None:  # EMA turned on for a resumed run: it starts from the restored weights
+        run.ema = build_ema(run.core, run.ema.decay)
     set_rng_state(ckpt["rng"])
     s = run.state
     if "epochs_done" in ckpt:
@@ -91,7 +96,8 @@ def resume_state(run: Run) -> dict[str, Any]:
         "epoch_losses": list(s.epoch_losses),
         "history": list(s.history),
         "pending": list(s.pending),
-        "model": run.core.checkpoint_state(),
+        "model": raw_weights(run),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
@@ -100,6 +106,12 @@ def resume_state(run: Run) -> dict[str, Any]:
         "world_size": run.ctx.world_size,
         "mlflow_run_id": run.tracker.run_id if run.tracker else None,
     }
+
+
+def raw_weights(run: Run) -> dict[str, Any]:
+    """The model's own weights (not the EMA's, also while validation has the averages applied)."""
+    state = run.core.checkpoint_state()
+    return run.ema.raw(state) if run.ema is not None else state
 
 
 def save_last(run: Run) -> None:

@@ -88,6 +88,8 @@ def train_step(run: Run, epoch: int, share: dict[str, torch.Tensor]) -> bool:
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.core)
     s.step += 1
     s.global_step += 1
     s.epoch_losses.append(loss_sum / (run.ctx.world_size * run.accum))

@@ -24,6 +24,9 @@ the number of processes; ``train.micro_batch_size`` caps what one process runs p
 accumulation makes up the rest (:mod:`ris.training.sampler`). ``auto`` starts from the whole share of a
 process and halves it on out-of-memory, redoing the step (:mod:`ris.training.step`).
 
+EMA: ``train.ema_decay`` (null: off) averages the trainable weights after every optimizer step; validation,
+``best.pt`` and ``model.pt`` use the averages, ``last.pt`` keeps both (:mod:`ris.training.ema`).
+
 Resume: a rerun finds ``work/last.pt`` and continues at the same step with the same weights, optimizer,
 scheduler, scaler, RNG states, data position and MLflow run. Dropout draws come from a seed derived from
 (seed, epoch, step, micro-batch), so they do not depend on the process layout or on interruptions: on the

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Subset
 from ris.metrics import intersection_union, summarize
 from ris.training import distributed as ddp
 from ris.training.checkpoint import save_checkpoint
+from ris.training.ema import ema_weights
 from ris.training.preemption import ignore_stop_signals
 from ris.training.run import Run
 from ris.training.state import preempt
@@ -30,9 +31,15 @@ def validation_due(run: Run, epoch: int) -> bool:
     return (epoch + 1) % every == 0 or epoch + 1 == run.epochs
 
 
-@torch.no_grad()
 def validate(run: Run, epoch: int) -> dict[str, float]:
-    """Validation metrics over the whole val split; each rank evaluates a strided shard."""
+    """Validation metrics over the whole val split (of the EMA weights under ``train.ema_decay``)."""
+    with ema_weights(run.ema, run.core):
+        return _validate(run, epoch)
+
+
+@torch.no_grad()
+def _validate(run: Run, epoch: int) -> dict[str, float]:
+    """Each rank evaluates a strided shard; the metrics are computed in dataset order."""
     ctx = run.ctx
     ddp.broadcast_buffers(run.core, ctx)  # every rank evaluates rank 0's BatchNorm statistics
     run.core.eval()
@@ -73,13 +80,15 @@ def keep_if_best(run: Run, epoch: int, val: dict[str, float]) -> None:
 
 
 def best_state(run: Run, epoch: int, val: dict[str, float]) -> dict[str, Any]:
+    """What ``best.pt`` (and so ``model.pt``) holds: the weights validated, the EMA ones when it is on."""
+    model = run.core.checkpoint_state()
     return {
         "config": run.cfg,
         "vocab": run.vocab,
         "vocab_size": run.vocab_size,
         "epoch": epoch,
         "global_step": run.state.global_step,
-        "model": run.core.checkpoint_state(),
+        "model": run.ema.averaged(model) if run.ema is not None else model,
         "val": val,
         "best_val_oIoU": run.state.best,
         "mlflow_run_id": run.tracker.run_id if run.tracker else None,
