@@ -137,3 +137,10 @@ def test_snakefile_parses_without_heavy_imports(tmp_path, scale):
     imported = {line.split("|")[-1].strip().split(".")[0] for line in lines}
     assert "snakemake" in imported and "ris" in imported  # the listing is real
     assert imported & {"torch", "matplotlib", "seaborn", "mlflow"} == set()
+
+
+def test_the_command_line_starts_without_torch():
+    """`ris --help` and the light sub-commands (tables, figures, data) never pay torch's import."""
+    code = "import sys, ris.cli; assert 'torch' not in sys.modules, 'ris.cli imported torch'"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
