@@ -16,6 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "fixtures" / "refcocog_umd_sample"
 
 
+@pytest.fixture
+def config() -> dict:
+    """The shipped config.yaml, freshly loaded (a test may change its copy)."""
+    from ris.config import load_yaml
+
+    return load_yaml(REPO / "config.yaml")
+
+
 @pytest.fixture(scope="session")
 def refcocog_sample(tmp_path_factory) -> Path:
     """A copy of the real RefCOCOg (umd) sample with stand-in images of the listed sizes."""

@@ -23,11 +23,6 @@ from tests.conftest import REPO
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
-@pytest.fixture
-def config() -> dict:
-    return load_yaml(REPO / "config.yaml")
-
-
 def test_shipped_config_is_valid(config):
     validate(config, SCHEMA)
 

@@ -25,18 +25,12 @@ from ris.config import (
     evaluate_runtime_min,
     evaluate_settings,
     evaluation_splits,
-    load_yaml,
 )
 from ris.evaluation.inference import inference_autocast, resolve_inference_precision, run_inference
 from tests.conftest import REPO
 from tests.test_pipeline import copy_workflow, snakemake
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
-
-
-@pytest.fixture
-def config() -> dict:
-    return load_yaml(REPO / "config.yaml")
 
 
 def evaluate_jobs(output: str) -> list[dict[str, str]]:
