@@ -15,9 +15,8 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 from torch import nn
 
 from ris.models import METHODS, ModelConfig, RISModel, build_model
+from tests.test_models import IMAGE, VOCAB, _model
 
-IMAGE = 64
-VOCAB = 50
 TOKENS = 8
 # Stochastic everywhere it can be (drop path in every Swin block, dropout in the fusions and query
 # decoders), so the test also checks that the recomputation draws the same random masks as the forward.
@@ -31,17 +30,9 @@ def _pair(method: str, backbone: str = "swin_b", options: dict | None = None) ->
     """The same random model without and with checkpointing (equal weights), in train mode."""
     models = []
     for on in (False, True):
-        cfg = ModelConfig(
-            method=method,
-            backbone=backbone,
-            size="tiny",
-            image_size=IMAGE,
-            vocab_size=VOCAB,
-            num_masks=NUM_MASKS.get(method, 0),
-            options={**STOCHASTIC, **(options or {}), "activation_checkpointing": on},
-        )
         torch.manual_seed(0)
-        models.append(build_model(cfg).train())
+        opts = {**STOCHASTIC, **(options or {}), "activation_checkpointing": on}
+        models.append(_model(method, backbone, NUM_MASKS.get(method, 0), opts).train())
     models[1].load_state_dict(models[0].state_dict())
     return models[0], models[1]
 

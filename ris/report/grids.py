@@ -154,14 +154,18 @@ def plot_qualitative(
                 panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * hit['iou'].iloc[0]:.1f}"))
             _draw_panels(axes[i], panels)
         what = "best" if not worst else "worst"
-        fig.suptitle(
-            figure_title(spec, f"{kind} ({what} IoU of {focus_name}, {where})")
-            + "\noutlined: ground truth (white), prediction (orange); outside the mask dimmed",
-            fontsize=9,
-        )
-        fig.tight_layout()
-        save_figure(fig, outs)
+        _finish(
+            fig, spec, f"{kind} ({what} IoU of {focus_name}, {where})",
+            "outlined: ground truth (white), prediction (orange); outside the mask dimmed", outs,
+        )  # fmt: skip
     return chosen
+
+
+def _finish(fig: plt.Figure, spec: dict[str, Any], what: str, legend: str, outs: Sequence[Path]) -> None:
+    """Title a grid (what it shows, then how to read it), lay it out and write it to every path of ``outs``."""
+    fig.suptitle(figure_title(spec, what) + "\n" + legend, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, outs)
 
 
 def select_swap_pairs(samples: pd.DataFrame, k: int) -> list[tuple[Any, Any]]:
@@ -207,11 +211,8 @@ def plot_swap(
             panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * s['iou']:.1f}"))
         _draw_panels(axes[i], panels)
     d0, splits0 = spec_datasets(spec)[0]
-    fig.suptitle(
-        figure_title(spec, f"swap the sentence ({name}, {dataset_display(d0)} {splits0[0]})")
-        + "\nsame image, two expressions: ground truth (white) and prediction (orange) for each",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    save_figure(fig, outs)
+    _finish(
+        fig, spec, f"swap the sentence ({name}, {dataset_display(d0)} {splits0[0]})",
+        "same image, two expressions: ground truth (white) and prediction (orange) for each", outs,
+    )  # fmt: skip
     return pairs
