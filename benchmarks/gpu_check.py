@@ -14,7 +14,7 @@ Rows (one Markdown table, also written as JSON with ``--out``):
 - ``evaluate``: samples/s of ``ris evaluate``'s loop (:func:`ris.evaluation.inference.run_inference`:
   ``model.predict``, IoU, RLE encoding of the masks) at batch 1 and 16, the paper scale's precision (bf16
   on CUDA), on in-memory inputs (the job's DataLoader workers decode the JPEGs beside it).
-- ``bf16``: the official-code reference (``shared/fixtures/lavt_reference``: a small LAVT's official
+- ``bf16``: the official-code reference (``tests/fixtures/lavt_reference``: a small LAVT's official
   checkpoint and outputs) run in fp32 and under bf16 autocast on the device: max abs difference of the
   1/4-size scores between the two, fp32's difference to the official outputs, and the share of final
   mask pixels whose class changes.
@@ -40,8 +40,8 @@ from paper_memory import batch_inputs, measure, run_fresh  # noqa: E402
 
 from ris.utils import write_json  # noqa: E402
 
-#: Where the official-code reference fixture is looked for: a shared/ in the checkout, or beside it.
-REFERENCE_DIRS = tuple(root / "shared" / "fixtures" / "lavt_reference" for root in (REPO, REPO.parent))
+#: Where the official-code reference fixture is looked for: the tests' copy (tests/fixtures/README.md).
+REFERENCE_DIRS = (REPO / "tests" / "fixtures" / "lavt_reference",)
 GPU_DEFAULTS = {"image": 480, "micro_batches": [4, 8], "eval_batches": [1, 16], "steps": 4, "eval_samples": 128}
 CPU_DEFAULTS = {"image": 224, "micro_batches": [1], "eval_batches": [1, 2], "steps": 2, "eval_samples": 4}
 

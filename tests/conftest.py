@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO.parent / "shared" / "fixtures" / "refcocog_umd_sample"
+FIXTURES = REPO / "tests" / "fixtures"  # facts the tests read, kept in the repository (README.md there)
+REFCOCOG_SAMPLE = FIXTURES / "refcocog_umd_sample"
+LAVT_REFERENCE = FIXTURES / "lavt_reference"
 
 
 @pytest.fixture
@@ -27,11 +29,9 @@ def config() -> dict:
 @pytest.fixture(scope="session")
 def refcocog_sample(tmp_path_factory) -> Path:
     """A copy of the real RefCOCOg (umd) sample with stand-in images of the listed sizes."""
-    if not FIXTURE.exists():
-        pytest.fail(f"real REFER fixture missing: {FIXTURE}")
     root = tmp_path_factory.mktemp("refcocog")
-    shutil.copy(FIXTURE / "refs(umd).p", root / "refs(umd).p")
-    shutil.copy(FIXTURE / "instances.json", root / "instances.json")
+    shutil.copy(REFCOCOG_SAMPLE / "refs(umd).p", root / "refs(umd).p")
+    shutil.copy(REFCOCOG_SAMPLE / "instances.json", root / "instances.json")
     images = root / "images"
     images.mkdir()
     rng = np.random.default_rng(0)

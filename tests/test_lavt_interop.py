@@ -1,6 +1,6 @@
 """Official LAVT checkpoints: our LAVT reproduces the official outputs; import, key map and refusals.
 
-The reference (``shared/fixtures/lavt_reference``, see its README) was made with the official code: a
+The reference (``tests/fixtures/lavt_reference``, see tests/fixtures/README.md) was made with the official code: a
 small random LAVT (embed 16, depths 2-2-2-2, window 12) at 480x480, so stage 4 is 15x15, a size where
 the official Swin (pad, then shift) and timm's (shift, then pad) differ.
 """
@@ -19,9 +19,8 @@ from timm.models.swin_transformer import SwinTransformerBlock, get_relative_posi
 from ris.cli import main
 from ris.interop.lavt import OfficialCheckpointError, convert_state, load_official
 from ris.models import ModelConfig, RISModel, build_model
+from tests.conftest import LAVT_REFERENCE as REFERENCE
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "fixtures" / "lavt_reference"
 TOLERANCE = 1e-4
 # LAVT paper size: backbone (Swin-B + PWAMs + gates + norms), classifier (SimpleDecoding), BERT-base
 # without pooler.
@@ -33,8 +32,6 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    if not REFERENCE.exists():
-        pytest.fail(f"LAVT reference fixture missing: {REFERENCE}")
     return torch.load(REFERENCE / "io.pt", weights_only=True)
 
 
@@ -84,7 +81,11 @@ def test_matches_official_outputs(official_model, reference, checkpointing):
         reference["image"], reference["l_feats"].transpose(1, 2), reference["l_mask"].squeeze(-1)
     )["scores"]
     final = torch.nn.functional.interpolate(scores, size=(480, 480), mode="bilinear", align_corners=True)
-    assert torch.equal(final.argmax(1), reference["final_argmax"])
+    # Scores within TOLERANCE of the official ones give its argmax wherever the two classes are further apart
+    # than twice that (upsampling averages); nearer, a tie may go either way (1 pixel of 460,800 here).
+    decided = (final[:, 1] - final[:, 0]).abs() > 2 * TOLERANCE
+    assert decided.float().mean() > 0.999
+    assert torch.equal(final.argmax(1)[decided], reference["final_argmax"].long()[decided])  # stored as uint8
     if checkpointing:  # two forwards so far; the backward recomputes every block once more
         assert len(calls) == 8 and set(calls.values()) == {2}
         scores.sum().backward()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +12,11 @@ from ris.models import ModelConfig, build_model
 from ris.training.optim import build_optimizer, lavt_official_groups
 from ris.training.train import poly_lambda
 from tests import test_engine
+from tests.conftest import LAVT_REFERENCE
 
 prepared_tiny, store = test_engine.prepared_tiny, test_engine.store  # fixtures of the training tests
 
-PAPER_KEYS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lavt_reference" / "paper_keys.json"
+PAPER_KEYS = LAVT_REFERENCE / "paper_keys.json"
 BUFFERS = ("relative_position_index", "running_mean", "running_var", "num_batches_tracked")
 
 
