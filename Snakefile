@@ -1,6 +1,6 @@
 # ris: referring image segmentation, reproduced end to end.
 # `snakemake --cores 2` runs the whole DAG at the scale named in config.yaml (demo by default).
-from ris.config import all_runs, evaluations, validate
+from ris.config import validate
 
 configfile: "config.yaml"
 

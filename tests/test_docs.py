@@ -3,7 +3,11 @@
 Checked in README.md and docs/*.md: repository paths (``ris/``, ``workflow/``, ``benchmarks/``, ``scripts/``,
 ``docs/``, ``tests/``, ``.ci/`` and the top-level files; ``{a,b}`` alternatives and ``*`` globs expanded),
 relative Markdown links, dotted ``ris.*`` names (a module, or a name a module defines), ``ris <sub-command>``
-and ``snakemake ... <target>`` in code. The README is a front door: at most 250 lines, linking docs/index.md.
+and ``snakemake ... <target>`` in code; anchors of links (``page.md#heading``); the fixed-name files of
+``results/tables/`` where and as the rules write them. The README is a front door: at most 250 lines, linking
+docs/index.md. Beside the pages, the statements of the workflow's own files: the profiles' comments name config
+keys and ``workflow.*`` attributes that exist, the SLURM profile the plugin versions pyproject.toml and the lock
+declare, and the Snakefile and rules import only names they use.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.conftest import REPO
 
@@ -56,13 +61,21 @@ def missing_paths(text: str, root: Path = REPO) -> list[str]:
     return list(dict.fromkeys(bad))
 
 
+def anchors(page: Path) -> set[str]:
+    """The anchors of a Markdown page's headings, as GitHub makes them (lower case, punctuation dropped)."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", page.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 def broken_links(page: Path) -> list[str]:
-    """Relative Markdown links of ``page`` whose target file does not exist."""
+    """Relative Markdown links of ``page`` whose target file, or heading (``#anchor``), does not exist."""
     bad = []
     for target in LINK.findall(page.read_text()):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"[a-z]+:", target):
             continue
-        if not (page.parent / target.split("#")[0]).exists():
+        file, _, anchor = target.partition("#")
+        linked = page.parent / file if file else page
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in anchors(linked)):
             bad.append(target)
     return bad
 
@@ -160,8 +173,112 @@ def test_the_checks_catch_a_mistake(tmp_path):
     assert unresolved_names(text) == ["ris.metrics.no_such_function"]
     assert unresolved_names("`ris.metrics.referring_outcomes`, `ris.interop.lavt.load_official`") == []
     page = tmp_path / "page.md"
-    page.write_text("[a](nosuch.md) [b](https://example.org) [c](#anchor)")
-    assert broken_links(page) == ["nosuch.md"]
+    page.write_text("## An `anchor`, here\n[a](nosuch.md) [b](https://example.org) [c](#an-anchor-here) [d](#nosuch)")
+    assert broken_links(page) == ["nosuch.md", "#nosuch"]
+    (tmp_path / "other.md").write_text(f"[e](page.md#an-anchor-here) [f](page.md#gone) [g]({page.name})")
+    assert broken_links(tmp_path / "other.md") == ["page.md#gone"]
     code = code_of("`ris predict --image x`, and:\n```bash\nris nosuch\n```\n")
     assert SUBCOMMAND.findall(code) == ["predict", "nosuch"]
     assert SNAKEMAKE_TARGET.findall("`snakemake --cores 2 stats`") == ["stats"]
+
+
+# ------------------------------------------------------------------ the workflow's files say what they do
+
+WORKFLOW_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+PROFILES = sorted((REPO / "workflow" / "profiles").glob("*/config.yaml"))
+FIXED_TABLE = re.compile(r"results/([\w/]+)/(\w+)\.(?:\{([\w,]+)\}|(\w+))")
+
+
+def workflow_code() -> str:
+    """The Snakefile and the rule files without their comment lines."""
+    text = "\n".join(p.read_text() for p in WORKFLOW_FILES)
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def fixed_table_files() -> dict[str, set[str]]:
+    """Files of results/tables/ whose name is fixed (not one per table): name -> the extensions the rules write."""
+    written: dict[str, set[str]] = {}
+    for name, ext in re.findall(r'"\{RESULTS\}/tables/(\w+)\.(\w+)"', workflow_code()):
+        written.setdefault(name, set()).add(ext)
+    return written
+
+
+def misplaced_table_files(text: str, written: dict[str, set[str]]) -> list[str]:
+    """Paths in ``text`` that name a fixed-name results table elsewhere than results/tables/ or with an extension
+    the rules do not write; and, where ``text`` lists a table's files (``{a,b}``), the ones it leaves out."""
+    bad, named, listed = [], {}, set()
+    for m in FIXED_TABLE.finditer(text):
+        folder, name, group, one = m.groups()
+        if name not in written:
+            continue
+        exts = set(group.split(",")) if group else {one}
+        if folder != "tables" or not exts <= written[name]:
+            bad.append(m.group())
+        named.setdefault(name, set()).update(exts)
+        listed |= {name} if group else set()
+    bad += [
+        f"results/tables/{name}.{ext} (not named)" for name in sorted(listed) for ext in written[name] - named[name]
+    ]
+    return bad
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(REPO).as_posix() for p in PAGES])
+def test_fixed_result_files_are_named_as_written(page):
+    written = fixed_table_files()
+    assert {"expression_types", "benchmarks"} <= set(written)
+    bad = misplaced_table_files(page.read_text(), written)
+    assert not bad, f"{page.name}: not where or as the rules write them: {bad} (written: {written})"
+
+
+def test_the_table_file_check_catches_a_mistake():
+    written = {"expression_types": {"csv", "md", "png", "pdf"}}
+    text = "`results/tables/expression_types.{csv,md}`, `results/plots/expression_types/expression_types.png`"
+    assert misplaced_table_files(text, written) == [
+        "results/plots/expression_types/expression_types.png",
+        "results/tables/expression_types.pdf (not named)",
+    ]
+    both = "results/tables/expression_types.{csv,md} and results/tables/expression_types.{png,pdf}"
+    assert misplaced_table_files(both, written) == []
+    assert misplaced_table_files("results/tables/expression_types.md, results/tables/<table>.csv", written) == []
+    assert misplaced_table_files("results/tables/expression_types.svg", written) == [
+        "results/tables/expression_types.svg"
+    ]
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.parent.name for p in PROFILES])
+def test_profiles_name_config_keys_that_exist(profile, config):
+    """``scales.<scale>.a.b`` in a profile's comments is a key of every scale of config.yaml, and a
+    ``workflow.<name>`` it names is one the workflow reads."""
+    text = profile.read_text()
+    for key in re.findall(r"scales\.<scale>\.([\w.]*\w)", text):
+        for scale, preset in config["scales"].items():
+            node = preset
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{profile}: scales.{scale}.{key} is not in config.yaml"
+                node = node[part]
+    for name in re.findall(r"\bworkflow\.(\w+)", text):
+        assert re.search(rf"\bworkflow\.{name}\b", workflow_code()), f"{profile}: no rule reads workflow.{name}"
+
+
+def test_slurm_profile_states_the_declared_plugin_version():
+    """The SLURM profile's "plugin >= X, tested with Y" is pyproject.toml's lower bound and the lock's pin."""
+    header = (REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text()
+    stated = re.search(r"snakemake-executor-plugin-slurm >= ([\d.]+), tested with ([\d.]+)", header)
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    declared = re.fullmatch(r"snakemake-executor-plugin-slurm>=([\d.]+)", extras["slurm"][0])
+    locked = re.search(
+        r"^snakemake-executor-plugin-slurm==([\d.]+)", (REPO / "requirements-lock.txt").read_text(), re.M
+    )
+    assert stated and declared and locked
+    assert stated.group(1) == declared.group(1)
+    assert locked.group(1).startswith(stated.group(2) + ".")
+
+
+def test_workflow_imports_only_names_it_uses():
+    """The Snakefile and the rule files share one namespace: every name one of them imports is used in one."""
+    code = workflow_code()
+    imports = re.findall(r"^(?:from [\w.]+ )?import (?:\(([^)]*)\)|([^\n]+))", code, flags=re.M)
+    names = [n.strip().split(" as ")[-1] for group in imports for n in "".join(group).split(",") if n.strip()]
+    # a use: the name, not as an attribute (x.name) nor as a keyword (name=...: a rule's named input)
+    unused = [n for n in names if len(re.findall(rf"(?<![\w.]){re.escape(n)}\b(?!\s*=[^=])", code)) < 2]
+    assert names and not unused, f"imported but never used: {unused}"
