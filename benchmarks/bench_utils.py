@@ -67,7 +67,8 @@ def paper_model_config(method: str, backbone: str, image_size: int = 480, num_ma
 
 def import_official(root: Path) -> types.ModuleType:
     """``lib.segmentation`` of an official LAVT-RIS checkout (read from ``root`` at run time, never copied:
-    the code is GPL-3.0). Puts ``root`` on ``sys.path``, so its ``bert`` package imports too.
+    the code is GPL-3.0). Its two folders ``lib`` and ``bert`` are registered as the packages of those names
+    (``sys.modules``, no ``sys.path`` edit), so ``lib``'s ``from bert.modeling_bert import ...`` finds them too.
 
     Its ``lib/backbone.py`` imports mmcv and mmseg only to load ImageNet weights and get a logger; where they
     are not installed, stand-ins for those two names are registered (random init needs neither).
@@ -75,8 +76,10 @@ def import_official(root: Path) -> types.ModuleType:
     root = Path(root)
     if not (root / "lib" / "segmentation.py").is_file() or not (root / "bert" / "modeling_bert.py").is_file():
         raise FileNotFoundError(f"{root}: not a yz93/LAVT-RIS checkout (no lib/segmentation.py, bert/modeling_bert.py)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    for name in ("lib", "bert"):  # folders without __init__.py: a package is a module with a __path__
+        package = types.ModuleType(name)
+        package.__path__ = [str(root / name)]
+        sys.modules[name] = package
     if importlib.util.find_spec("mmseg") is None:
         utils = types.ModuleType("mmseg.utils")
         utils.get_root_logger = lambda *a, **k: logging.getLogger("lavt_official")  # type: ignore[attr-defined]

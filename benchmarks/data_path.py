@@ -23,12 +23,12 @@ of Swin-B/384 with AMP on an RTX 3090 is 74 images/s (huggingface/pytorch-image-
 (384/480)^2; an H100/H200 trains roughly 4-6x faster than a 3090 (the H200 has 5.1x its memory bandwidth,
 4.8 vs 0.94 TB/s); 6x is 280, rounded up. LAVT's BERT, PWAMs and decoder are left out, so the figure
 overestimates the GPU's rate, the safe side for sizing the data path. Measure yours with
-``benchmarks/step_time.py --paper`` on the GPU and pass it here.
+``python -m benchmarks.step_time --paper`` on the GPU and pass it here.
 
 Run (from the repository root)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/data_path.py       # ~1-2 min on 2 busy cores
-    .venv/bin/python benchmarks/data_path.py --images 60 --repeats 3 --max-workers 4 --gpu-images-per-s 180
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.data_path       # ~1-2 min on 2 busy cores
+    .venv/bin/python -m benchmarks.data_path --images 60 --repeats 3 --max-workers 4 --gpu-images-per-s 180
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,15 +50,13 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import machine, markdown  # noqa: E402  (sibling scripts, not a package)
-from prepare_benchmark import generate_refer  # noqa: E402
-
-from ris.data import dataset as ds_module  # noqa: E402
-from ris.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ReferSplit  # noqa: E402
-from ris.data.prepare import prepare, read_split  # noqa: E402
-from ris.data.refer import decode_rle  # noqa: E402
-from ris.data.tokenizer import build_vocab, encode, load_tokenizer  # noqa: E402
+from benchmarks.bench_utils import machine, markdown
+from benchmarks.prepare_benchmark import generate_refer
+from ris.data import dataset as ds_module
+from ris.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ReferSplit
+from ris.data.prepare import prepare, read_split
+from ris.data.refer import decode_rle
+from ris.data.tokenizer import build_vocab, encode, load_tokenizer
 
 #: Estimated images/s of one H100/H200-class GPU training LAVT (Swin-B, 480 px); see the module docstring.
 DEFAULT_GPU_IMAGES_PER_S = 300.0

@@ -14,8 +14,8 @@ an estimate until a GPU measures it: replace it with this script's rate, or gpu_
 
 Run (from the repository root)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_throughput.py --samples 8 --batch 4   # minutes on a CPU
-    .venv/bin/python benchmarks/eval_throughput.py --device cuda --samples 512 --batch 32
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.eval_throughput --samples 8 --batch 4   # minutes on a CPU
+    .venv/bin/python -m benchmarks.eval_throughput --device cuda --samples 512 --batch 32
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,15 +30,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import REPO, machine, markdown, paper_model_config  # noqa: E402  (sibling scripts, not a package)
-from data_path import build_split, tokenizer  # noqa: E402
-
-from ris.config import evaluate_settings, load_yaml  # noqa: E402
-from ris.data.dataset import ReferSplit  # noqa: E402
-from ris.data.tokenizer import build_vocab, load_tokenizer  # noqa: E402
-from ris.evaluation.inference import run_inference  # noqa: E402
-from ris.models import build_model  # noqa: E402
+from benchmarks.bench_utils import REPO, machine, markdown, paper_model_config
+from benchmarks.data_path import build_split, tokenizer
+from ris.config import evaluate_settings, load_yaml
+from ris.data.dataset import ReferSplit
+from ris.data.tokenizer import build_vocab, load_tokenizer
+from ris.evaluation.inference import run_inference
+from ris.models import build_model
 
 REFCOCO_VAL_SENTENCES = 10834  # RefCOCO (UNC) val: sentences = evaluation samples
 

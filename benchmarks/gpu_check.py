@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/gpu_check.py --out gpu_check.json      # <= 5 min on one GPU; ~1-2 min on a CPU
+    .venv/bin/python -m benchmarks.gpu_check --out gpu_check.json      # <= 5 min on one GPU; ~1-2 min on a CPU
 
 Rows (one Markdown table, also written as JSON with ``--out``):
 
@@ -34,11 +34,9 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import REPO, machine, markdown, paper_model_config  # noqa: E402  (sibling scripts)
-from paper_memory import batch_inputs, measure, run_fresh  # noqa: E402
-
-from ris.utils import write_json  # noqa: E402
+from benchmarks.bench_utils import REPO, machine, markdown, paper_model_config
+from benchmarks.paper_memory import batch_inputs, measure, run_fresh
+from ris.utils import write_json
 
 #: Where the official-code reference fixture is looked for: the tests' copy (tests/fixtures/README.md).
 REFERENCE_DIRS = (REPO / "tests" / "fixtures" / "lavt_reference",)

@@ -1,6 +1,6 @@
 """CPU inference time of LAVT at paper size (Swin-B + BERT-base, 480x480, 20 tokens), beside its size.
 
-Usage: python benchmarks/lavt_paper_forward.py [--threads 1] [--repeats 3] [--image 480]
+Usage: python -m benchmarks.lavt_paper_forward [--threads 1] [--repeats 3] [--image 480]
 Random weights (the time does not depend on them); batch 1, no grad, after one warm-up forward. Prints
 one JSON line: parameter counts (backbone with PWAMs, gates and norms / decoder / BERT, as the official
 checkpoint counts them) and the median and min seconds per forward.

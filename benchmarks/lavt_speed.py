@@ -1,7 +1,7 @@
 """Speed of our paper-size LAVT (Swin-B window 12 + PWAMs + gates + decoder, BERT excluded), side by side with
 the official code.
 
-Usage: python benchmarks/lavt_speed.py [--official PATH] [--threads 2] [--repeats 3] [--batches 1]
+Usage: python -m benchmarks.lavt_speed [--official PATH] [--threads 2] [--repeats 3] [--batches 1]
        [--train-batch 4] [--image 480] [--profile 10] [--option channels_last_fusion ...]
 
 Ours: ``RISModel.forward_words``; the official: ``lib.segmentation.lavt`` (Swin-B, window 12) built from the
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks.bench_utils import machine, markdown, official_lavt
 from ris.models import ModelConfig, RISModel, build_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import machine, markdown, official_lavt  # noqa: E402  (a sibling script, not a package)
 
 #: Fallback without ``--official`` only: the official code measured on this 2-CPU machine when it was quiet,
 #: 2 threads, batch 1, 480 px, BERT excluded, best of 2-3 runs (issue 11). Not comparable under other load.

@@ -3,7 +3,7 @@ and the official code's (yz93/LAVT-RIS) at the same micro-batch.
 
 Usage (from the repository root)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/paper_memory.py --micro-batches 2 --official /tmp/LAVT-RIS \\
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.paper_memory --micro-batches 2 --official /tmp/LAVT-RIS \\
         --out results/bench/paper_memory.json
 
 A step is the paper preset's: Swin-B (window 12) + PWAMs + decoder at 480x480 and BERT-base, 20 word slots
@@ -40,11 +40,9 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import BERT_VOCAB, machine, markdown, official_lavt, paper_model_config  # noqa: E402  (siblings)
-from step_time import rss_gib  # noqa: E402
-
-from ris.utils import write_json  # noqa: E402
+from benchmarks.bench_utils import BERT_VOCAB, machine, markdown, official_lavt, paper_model_config
+from benchmarks.step_time import rss_gib
+from ris.utils import write_json
 
 IMPLS = ("ours", "ours+ckpt", "official")
 WORDS, REAL_WORDS = 20, 12
@@ -111,7 +109,7 @@ def official_step(
 ) -> Callable[[], float]:
     """One training step of the official code (its ``train.py`` ``train_one_epoch`` body) as a closure -> loss."""
     torch.manual_seed(0)
-    model = official_lavt(root).to(device).train()  # puts the checkout on sys.path: its bert package imports next
+    model = official_lavt(root).to(device).train()  # registers the checkout's bert package too
     from bert.configuration_bert import BertConfig  # noqa: PLC0415  (from the checkout)
     from bert.modeling_bert import BertModel  # noqa: PLC0415
 

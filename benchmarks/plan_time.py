@@ -8,7 +8,7 @@ nothing is written into the repository and no data exists: the dry run plans the
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/plan_time.py [--repeats 3] [--scales paper demo]
+    .venv/bin/python -m benchmarks.plan_time [--repeats 3] [--scales paper demo]
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import machine, markdown  # noqa: E402  (a sibling script, not a package)
+from benchmarks.bench_utils import REPO, machine, markdown
 
-REPO = Path(__file__).resolve().parents[1]
 #: "rule    count" lines of Snakemake's job summary.
 _COUNT = re.compile(r"^(\S+)\s+(\d+)$")
 

@@ -7,10 +7,10 @@ deterministically (``numpy`` seeded), then times ``prepare`` end to end and its 
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/prepare_benchmark.py                       # full RefCOCO size, temp dir
-    .venv/bin/python benchmarks/prepare_benchmark.py --refs 50000 --sentences-per-ref 2.84 \\
+    .venv/bin/python -m benchmarks.prepare_benchmark                       # full RefCOCO size, temp dir
+    .venv/bin/python -m benchmarks.prepare_benchmark --refs 50000 --sentences-per-ref 2.84 \\
         --images 19994 --anns 196771 --out /tmp/ris_bench --keep            # keep the files afterwards
-    .venv/bin/python benchmarks/prepare_benchmark.py --refs 200 --images 80 --anns 400   # a quick smoke run
+    .venv/bin/python -m benchmarks.prepare_benchmark --refs 200 --images 80 --anns 400   # a quick smoke run
 
 What is generated under ``--out`` (a temporary folder by default; removed unless ``--keep``):
 

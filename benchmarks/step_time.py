@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/step_time.py [--image 128] [--batch 8] [--threads 1] [--steps 5]   # demo size
-    python benchmarks/step_time.py --paper [--methods lavt] [--backbones swin_b] [--batch 2]
+    python -m benchmarks.step_time [--image 128] [--batch 8] [--threads 1] [--steps 5]   # demo size
+    python -m benchmarks.step_time --paper [--methods lavt] [--backbones swin_b] [--batch 2]
 
 ``--paper``: the paper preset's networks (full-size backbone and BERT-base, random init: nothing is
 downloaded and a step costs the same), 480x480, 20 tokens, batch 2 (``--batch``), each method's options
@@ -30,15 +30,12 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import machine, markdown, paper_model_config  # noqa: E402  (a sibling script, not a package)
-
-from ris.models import BACKBONES, METHODS, ModelConfig, build_model  # noqa: E402
+from benchmarks.bench_utils import machine, markdown, paper_model_config
+from ris.models import BACKBONES, METHODS, ModelConfig, build_model
 
 
 def model_config(a: argparse.Namespace, method: str, backbone: str) -> ModelConfig:

@@ -119,6 +119,43 @@ def test_every_stage_is_a_package_and_the_top_is_small():
     assert top <= {"__init__", "__main__", "cli", "config", "utils", "metrics", "pretrained", "lock"}, top
 
 
+def sys_path_edits(source: str) -> list[int]:
+    """Lines of Python ``source`` that change ``sys.path`` (insert/append/extend, assignment, ``setattr``): a
+    module found only through such an edit hides what a package should say."""
+
+    def is_sys_path(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys"
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            first_two = [getattr(a, "id", getattr(a, "value", None)) for a in node.args[:2]]  # setattr(sys, "path")
+            if is_sys_path(node.func.value) and node.func.attr in {"insert", "append", "extend"}:
+                lines.append(node.lineno)
+            elif node.func.attr == "setattr" and first_two == ["sys", "path"]:
+                lines.append(node.lineno)
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            lines += [node.lineno for t in targets if is_sys_path(t)]
+    return sorted(lines)
+
+
+def test_no_sys_path_edit_anywhere():
+    """Packages and ``python -m`` instead of ``sys.path`` edits, in ris/, benchmarks/, tests/, scripts/ and the
+    workflow (the official LAVT code that benchmarks/ reads from a checkout is registered as packages instead)."""
+    skip = {".git", ".venv", "results", "data", ".snakemake"}  # top-level folders that are not the repository's code
+    files = [p for p in ROOT.rglob("*.py") if p.relative_to(ROOT).parts[0] not in skip]
+    assert {ROOT / "benchmarks" / "bench_utils.py", ROOT / "ris" / "data" / "prepare.py"} <= set(files)
+    found = {str(p.relative_to(ROOT)): sys_path_edits(p.read_text()) for p in files}
+    for p in [ROOT / "Snakefile", *(ROOT / "workflow").rglob("*.smk")]:
+        found[str(p.relative_to(ROOT))] = [
+            i for i, line in enumerate(p.read_text().splitlines(), 1) if "sys.path" in line
+        ]
+    assert {name: lines for name, lines in found.items() if lines} == {}
+    caught = "import sys\nsys.path.insert(0, 'x')\nsys.path += ['y']\nmonkeypatch.setattr(sys, 'path', [])\n"
+    assert sys_path_edits(caught) == [2, 3, 4]
+
+
 def test_no_module_over_500_lines():
     lines = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert {name: n for name, n in lines.items() if n > MAX_LINES} == {}

@@ -8,11 +8,9 @@ GPU. The CUDA path is the CPU path with a different device and autocast on: test
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import re
-import sys
 
 import pytest
 import torch
@@ -174,12 +172,8 @@ def test_cli_passes_the_device_settings():
 
 def test_gpu_check_cpu_mode(tmp_path, monkeypatch, capsys):
     """benchmarks/gpu_check.py on a CPU (tiny networks, 64 px): says so, every row measured, table and JSON."""
-    path = REPO / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    gpu_check = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on it
-    spec.loader.exec_module(gpu_check)
+    from benchmarks import gpu_check
+
     monkeypatch.setattr(gpu_check, "run_fresh", gpu_check.measure)  # in this process: no spawn start-up
     out = tmp_path / "gpu_check.json"
     argv = ["--device", "cpu", "--size", "tiny", "--image", "64", "--eval-samples", "2", "--threads", "1"]

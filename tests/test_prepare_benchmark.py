@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,19 +10,15 @@ import pytest
 from ris.data.prepare import prepare
 from ris.data.refer import ReferDataset, decode_rle
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "prepare_benchmark.py"
 SPLITS = ["train", "val", "testA", "testB"]
 TINY = {"n_refs": 200, "sentences_per_ref": 2.84, "n_images": 80, "n_anns": 400, "seed": 5}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("prepare_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    from benchmarks import prepare_benchmark
+
+    return prepare_benchmark
 
 
 def test_generated_set_prepares_with_the_reported_counts(bench, tmp_path):
