@@ -72,3 +72,11 @@ def one_thread_module() -> Iterator[None]:
     """:func:`one_thread` for a whole test module: ``pytestmark = pytest.mark.usefixtures("one_thread_module")``."""
     with one_thread():
         yield
+
+
+def cli_subcommands() -> list[str]:
+    """The ``ris`` sub-commands, in the order of ``ris --help``."""
+    from ris.cli import build_parser
+
+    (action,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return list(action.choices)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from tests.conftest import REPO
+from tests.conftest import REPO, cli_subcommands
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 README_MAX_LINES = 250
@@ -117,18 +117,6 @@ def unresolved_names(text: str) -> list[str]:
     return bad
 
 
-def cli_subcommands() -> set[str]:
-    tree = ast.parse((REPO / "ris" / "cli.py").read_text())
-    return {
-        node.args[0].value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and getattr(node.func, "attr", None) == "add_parser"
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-    }
-
-
 def snakemake_rules() -> set[str]:
     text = "\n".join(p.read_text() for p in [REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")])
     return set(re.findall(r"^\s*rule (\w+):", text, flags=re.M))
@@ -145,7 +133,7 @@ def test_every_named_file_and_link_exists(page):
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(REPO).as_posix() for p in PAGES])
 def test_every_command_exists(page):
     code = code_of(page.read_text())
-    unknown = sorted(set(SUBCOMMAND.findall(code)) - cli_subcommands())
+    unknown = sorted(set(SUBCOMMAND.findall(code)) - set(cli_subcommands()))
     assert not unknown, f"{page.name}: `ris` has no sub-command {unknown}"
     targets = sorted(set(SNAKEMAKE_TARGET.findall(code)) - snakemake_rules())
     assert not targets, f"{page.name}: no Snakemake rule {targets}"

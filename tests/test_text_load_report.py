@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import BertConfig, BertModel
 
 from ris.models.text import bert_base_uncased
-from ris.pretrained import is_packaged
+from ris.text_weights import is_packaged
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 MISSING = "encoder.layer.0.output.dense.bias"

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from transformers import BertTokenizer
 
-from ris.pretrained import resolve_pretrained
+from ris.text_weights import resolve_text_weights
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -40,14 +40,10 @@ def load_tokenizer(name_or_path: str | None, vocab: list[str] | None) -> BertTok
         return tokenizer_from_vocab(vocab)
     if not name_or_path:
         raise ValueError("a tokenizer needs either a vocabulary or a pretrained name/path")
-    return BertTokenizer.from_pretrained(resolve_pretrained(name_or_path))
+    return BertTokenizer.from_pretrained(resolve_text_weights(name_or_path))
 
 
-def encode(
-    tokenizer: BertTokenizer, sentences: list[str], max_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(tokenizer: BertTokenizer, sentences: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask, padded/truncated to ``max_tokens`` (LAVT uses 20)."""
-    enc = tokenizer(
-        list(sentences), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt"
-    )
+    enc = tokenizer(list(sentences), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
     return enc["input_ids"].long(), enc["attention_mask"].long()

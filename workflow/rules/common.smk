@@ -117,7 +117,7 @@ FIGURE_FORMATS = ["png", "pdf"]
 
 
 TABLE_NAME = "|".join(re.escape(t) for t in config["tables"])  # the {table} wildcard: declared tables only
-BENCHMARKS = f"{RESULTS}/benchmarks"  # every rule's `benchmark:` files, <rule>/<wildcards>.tsv
+JOB_COSTS = f"{RESULTS}/job_costs"  # every job's time and memory (its `benchmark:` file), <rule>/<wildcards>.tsv
 
 
 def breakdown():

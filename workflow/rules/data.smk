@@ -14,7 +14,7 @@ rule synthesize:
     log:
         f"{RESULTS}/logs/synthesize/{{dataset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/synthesize/{{dataset}}.tsv",
+        f"{RESULTS}/job_costs/synthesize/{{dataset}}.tsv",
     shell:
         "python -m ris synthesize --out {params.out} --config {params.cfg:q} > {log} 2>&1"
 
@@ -41,7 +41,7 @@ rule download:
     log:
         f"{RESULTS}/logs/download/{{dest}}-{{archive}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/download/{{dest}}-{{archive}}.tsv",
+        f"{RESULTS}/job_costs/download/{{dest}}-{{archive}}.tsv",
     shell:
         "python -m ris download --name {wildcards.archive:q} {params.urls} --size {params.size}"
         " --sha256 {params.sha:q} --download-dir {params.downloads:q} --extract-dir {params.extract:q}"
@@ -63,7 +63,7 @@ rule prepare:
     log:
         f"{RESULTS}/logs/prepare/{{dataset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/prepare/{{dataset}}.tsv",
+        f"{RESULTS}/job_costs/prepare/{{dataset}}.tsv",
     shell:
         "python -m ris prepare --refer-dir {params.refer:q} --split-by {params.split_by} --splits {params.splits}"
         " --images {params.images:q} --out {output:q} > {log} 2>&1"
@@ -85,7 +85,7 @@ rule text_features:
     log:
         f"{RESULTS}/logs/text_features/{{dataset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/text_features/{{dataset}}.tsv",
+        f"{RESULTS}/job_costs/text_features/{{dataset}}.tsv",
     shell:
         "python -m ris encode-text --prepared {input:q} --pretrained {params.pretrained:q}"
         " --max-tokens {params.max_tokens} --out {output:q} --threads {threads} > {log} 2>&1"

@@ -32,7 +32,7 @@ rule evaluate:
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.tsv",
+        f"{RESULTS}/job_costs/evaluate/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.tsv",
     shell:
         "python -m ris evaluate --checkpoint {input.model:q} --prepared {input.prepared:q} --splits {params.splits}"
         " --images {params.images:q} --out {output:q} --threads {threads} --device {params.device}"
@@ -59,7 +59,7 @@ if scale_baselines():  # none at paper scale: its DAG plans no baseline job
         log:
             f"{RESULTS}/logs/baselines/{{dataset}}/{{split}}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/baselines/{{dataset}}/{{split}}.tsv",
+            f"{RESULTS}/job_costs/baselines/{{dataset}}/{{split}}.tsv",
         shell:
             "python -m ris baselines --split-table {input.prepared:q}/{wildcards.split}.parquet"
             " --instances {input.instances:q} --size {params.size} --dataset {wildcards.dataset} --split {wildcards.split} --out-dir {params.out:q}"

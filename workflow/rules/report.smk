@@ -5,8 +5,8 @@
 #                          qualitative_swap}.{png,pdf}
 #   demo only: results/tables/expression_types.{csv,md,png,pdf}, mIoU and RefAcc per expression type of the
 #   synthetic sentences and the figure of it (ris/report/breakdown.py)
-# `snakemake --cores 1 benchmark_summary` (not in `rule all`): results/tables/benchmarks.{csv,md}, seconds and
-# max RSS per rule from every job's benchmark file (results/benchmarks/<rule>/).
+# `snakemake --cores 1 job_costs` (not in `rule all`): results/tables/job_costs.{csv,md}, seconds and max RSS
+# per rule from every job's `benchmark:` file (results/job_costs/<rule>/).
 # `snakemake --report results/report.html` gathers them, grouped by table (captions: workflow/report/).
 # Helper functions (spec_json, report_targets, ...) are in common.smk.
 
@@ -51,7 +51,7 @@ rule tables:
     log:
         f"{RESULTS}/logs/tables/{{table}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/tables/{{table}}.tsv",
+        f"{RESULTS}/job_costs/tables/{{table}}.tsv",
     shell:
         "python -m ris tables --spec {params.spec:q} --published {input.published:q} --metrics {params.metrics}"
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --out-html {output.html:q}"
@@ -81,7 +81,7 @@ rule plot_precision:
     log:
         f"{RESULTS}/logs/plots/{{table}}-precision.log",
     benchmark:
-        f"{RESULTS}/benchmarks/plot_precision/{{table}}.tsv",
+        f"{RESULTS}/job_costs/plot_precision/{{table}}.tsv",
     shell:
         "python -m ris plot precision --spec {params.spec:q} --published {input.published:q}"
         " --metrics {params.metrics} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
@@ -110,7 +110,7 @@ rule plot_num_masks:
     log:
         f"{RESULTS}/logs/plots/{{table}}-num_masks.log",
     benchmark:
-        f"{RESULTS}/benchmarks/plot_num_masks/{{table}}.tsv",
+        f"{RESULTS}/job_costs/plot_num_masks/{{table}}.tsv",
     shell:
         "python -m ris plot num_masks --spec {params.spec:q} --published {input.published:q}"
         " --metrics {params.metrics} --out {output.png:q} {output.pdf:q} > {log} 2>&1"
@@ -137,7 +137,7 @@ rule plot_training:
     log:
         f"{RESULTS}/logs/plots/{{table}}-training.log",
     benchmark:
-        f"{RESULTS}/benchmarks/plot_training/{{table}}.tsv",
+        f"{RESULTS}/job_costs/plot_training/{{table}}.tsv",
     shell:
         "python -m ris plot training --spec {params.spec:q} --histories {input:q}"
         " --out {output.png:q} {output.pdf:q} > {log} 2>&1"
@@ -184,7 +184,7 @@ rule plot_qualitative:
     log:
         f"{RESULTS}/logs/plots/{{table}}-qualitative.log",
     benchmark:
-        f"{RESULTS}/benchmarks/plot_qualitative/{{table}}.tsv",
+        f"{RESULTS}/job_costs/plot_qualitative/{{table}}.tsv",
     shell:
         "python -m ris plot qualitative --spec {params.spec:q} --samples {params.samples}"
         " --split-table {input.prepared:q}/{params.split}.parquet --images {params.images:q}"
@@ -216,34 +216,34 @@ if BREAKDOWN_RUNS:  # synthetic data only (its specs.json labels each sentence):
         log:
             f"{RESULTS}/logs/expression_types/expression_types.log",
         benchmark:
-            f"{RESULTS}/benchmarks/expression_types/expression_types.tsv",
+            f"{RESULTS}/job_costs/expression_types/expression_types.tsv",
         shell:
             "python -m ris expression-types --specs {input.specs:q} {params.runs} --caption {params.caption:q}"
             " --out-csv {output.csv:q} --out-md {output.md:q} --out-plot {output.png:q} {output.pdf:q} > {log} 2>&1"
 
 
 localrules:
-    benchmark_summary,
+    job_costs,
 
 
-rule benchmark_summary:
+rule job_costs:
     # After everything of `rule all` (its targets are the inputs), and not part of it: a second `snakemake` has
-    # nothing to do. `snakemake benchmark_summary --report results/report.html` puts it in the report.
+    # nothing to do. `snakemake job_costs --report results/report.html` puts it in the report.
     input:
         report_targets(),
     output:
         csv=report(
-            f"{RESULTS}/tables/benchmarks.csv",
-            caption="../report/benchmarks.rst",
-            category="cost per job",
+            f"{RESULTS}/tables/job_costs.csv",
+            caption="../report/job_costs.rst",
+            category="job costs",
             labels={"content": "seconds and max RSS per rule"},
         ),
-        md=f"{RESULTS}/tables/benchmarks.md",
+        md=f"{RESULTS}/tables/job_costs.md",
     params:
-        root=BENCHMARKS,
+        root=JOB_COSTS,
     conda:
         ENV
     log:
-        f"{RESULTS}/logs/benchmark_summary.log",
+        f"{RESULTS}/logs/job_costs.log",
     shell:
-        "python -m ris benchmarks --dir {params.root:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log} 2>&1"
+        "python -m ris job-costs --dir {params.root:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log} 2>&1"

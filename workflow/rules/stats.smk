@@ -38,7 +38,7 @@ if config.get("stats"):
         log:
             f"{RESULTS}/logs/stats/{STATS_TABLE}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/stats_table/{STATS_TABLE}.tsv",
+            f"{RESULTS}/job_costs/stats_table/{STATS_TABLE}.tsv",
         shell:
             "python -m ris tables --spec {params.spec:q} --published {input.published:q} --metrics {params.metrics}"
             " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --out-html {output.html:q}"

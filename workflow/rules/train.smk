@@ -16,7 +16,7 @@ rule mlflow_init:
     log:
         f"{RESULTS}/logs/mlflow_init.log",
     benchmark:
-        f"{RESULTS}/benchmarks/mlflow_init/mlflow_init.tsv",
+        f"{RESULTS}/job_costs/mlflow_init/mlflow_init.tsv",
     shell:
         "python -m ris mlflow-init --uri {params.uri:q} --marker {output:q} > {log} 2>&1"
 
@@ -35,7 +35,7 @@ rule pretrain:
     log:
         f"{RESULTS}/logs/pretrain/{{backbone}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/pretrain/{{backbone}}.tsv",
+        f"{RESULTS}/job_costs/pretrain/{{backbone}}.tsv",
     shell:
         "python -m ris pretrain --config {params.cfg:q} --out {output.model:q} --metrics {output.metrics:q}"
         " --threads {threads} > {log} 2>&1"
@@ -64,7 +64,7 @@ rule train:
     log:
         f"{RESULTS}/logs/train/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.tsv",
+        f"{RESULTS}/job_costs/train/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.tsv",
     shell:
         # Exit status 75: stopped by SIGTERM/SIGUSR1 after saving work/last.pt; a rerun resumes from it.
         "python -m ris train --run-config {params.cfg:q} --out {params.out:q} --threads {threads}"
@@ -85,7 +85,7 @@ rule import_released:
     log:
         f"{RESULTS}/logs/import/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/import_released/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.tsv",
+        f"{RESULTS}/job_costs/import_released/{{dataset}}/{{method}}-{{backbone}}-n{{num_masks}}-s{{seed}}.tsv",
     shell:
         "python -m ris import-checkpoint --format {params.fmt} {input.checkpoint:q} --out {output.model:q}"
         " --run-config {params.cfg:q} > {log} 2>&1"

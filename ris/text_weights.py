@@ -2,7 +2,8 @@
 
 Shared by the tokenizer (:mod:`ris.data.tokenizer`) and the text encoder (:mod:`ris.models.text`), so
 neither stage imports the other for it. Checkpoints store the name, not the folder, so they stay valid on
-another machine.
+another machine. (The image backbones' weights are another matter: ImageNet's at paper scale, the DAG's
+``pretrain`` stage at demo scale, ``ris pretrain``.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
 }
 
 
-def resolve_pretrained(name: str) -> str:
+def resolve_text_weights(name: str) -> str:
     """The ``from_pretrained`` argument for ``name``: a packaged model's folder, else ``name`` unchanged."""
     if name not in PACKAGED_MODELS:
         return name

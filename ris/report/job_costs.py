@@ -1,9 +1,10 @@
-"""Where the time goes: Snakemake's ``benchmark:`` files of a run of the DAG, summed per rule.
+"""Job costs, where the time goes: the time and memory of every job of a run of the DAG, summed per rule.
 
-Every rule that does work writes ``results/benchmarks/<rule>/<wildcards>.tsv`` (one job each: wall
-seconds ``s``, peak resident memory ``max_rss`` in MB, ...; ``-`` where the job was too short to sample).
-:func:`summarize_benchmarks` reads them all and gives, per rule: jobs, total and max seconds, max RSS (MB),
-sorted by total seconds (``ris benchmarks``; the Snakemake target ``benchmark_summary``).
+Every rule that does work writes each job's Snakemake ``benchmark:`` file to
+``results/job_costs/<rule>/<wildcards>.tsv`` (wall seconds ``s``, peak resident memory ``max_rss`` in MB, ...;
+``-`` where the job was too short to sample). :func:`summarize_job_costs` reads them all and gives, per rule:
+jobs, total and max seconds, max RSS (MB), sorted by total seconds (``ris job-costs``; the Snakemake target
+``job_costs``). Not to be confused with ``benchmarks/``, the scripts that measure what paper scale costs.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from ris.utils import atomic_path
 SUMMARY_COLUMNS = ["rule", "jobs", "total_s", "max_s", "max_rss_mb"]
 
 
-def read_benchmarks(root: Path) -> pd.DataFrame:
-    """One row per benchmark file under ``root`` (``<rule>/.../<name>.tsv``): rule, file, s, max_rss (MB)."""
+def read_job_costs(root: Path) -> pd.DataFrame:
+    """One row per job's file under ``root`` (``<rule>/.../<name>.tsv``): rule, file, s, max_rss (MB)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no benchmark folder (written by the rules' `benchmark:` directives)")
+        raise FileNotFoundError(f"{root}: no job costs folder (written by the rules' `benchmark:` directives)")
     rows = []
     for path in sorted(root.rglob("*.tsv")):
         rel = path.relative_to(root)
@@ -36,9 +37,9 @@ def read_benchmarks(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rule", "file", "s", "max_rss"])
 
 
-def summarize_benchmarks(root: Path) -> pd.DataFrame:
+def summarize_job_costs(root: Path) -> pd.DataFrame:
     """Per rule: jobs, total and max wall seconds, max RSS in MB (NaN where never sampled); by total s."""
-    df = read_benchmarks(root)
+    df = read_job_costs(root)
     g = df.groupby("rule", sort=False)
     out = pd.DataFrame(
         {"jobs": g["file"].nunique(), "total_s": g["s"].sum(), "max_s": g["s"].max(), "max_rss_mb": g["max_rss"].max()}
@@ -54,14 +55,14 @@ def to_markdown(summary: pd.DataFrame) -> str:
         lines.append(f"| {r.rule} | {r.jobs} | {r.total_s:.1f} | {r.max_s:.1f} | {rss} |")
     total = summary["total_s"].sum()
     lines.append(f"| **all** | {summary['jobs'].sum()} | {total:.1f} | | |")
-    lines += ["", "Wall seconds of each job as Snakemake measured it (`benchmark:` files, results/benchmarks/); jobs "
+    lines += ["", "Wall seconds of each job as Snakemake measured it (`benchmark:` files, results/job_costs/); jobs "
               "run in parallel, so the total is CPU-bound work, not the DAG's wall time."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def write_benchmark_summary(root: Path, out_csv: Path, out_md: Path) -> pd.DataFrame:
-    """Write :func:`summarize_benchmarks` of ``root`` as CSV and Markdown (atomically)."""
-    summary = summarize_benchmarks(root)
+def write_job_costs(root: Path, out_csv: Path, out_md: Path) -> pd.DataFrame:
+    """Write :func:`summarize_job_costs` of ``root`` as CSV and Markdown (atomically)."""
+    summary = summarize_job_costs(root)
     with atomic_path(Path(out_csv)) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.2f")
     with atomic_path(Path(out_md)) as tmp:
