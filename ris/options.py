@@ -2,7 +2,7 @@
 
 One declaration serves every reader: ``RISModel.option`` returns the checked value, ``ris.config.validate``
 checks ``config.yaml`` at every Snakemake start, ``ris train`` checks its run config before it writes
-anything (:func:`ris.catalog.check_run_config`), and ``docs/options.md`` is generated from it. Options every
+anything (:func:`ris.catalog.check_run_settings`), and ``docs/options.md`` is generated from it. Options every
 method reads are declared here (:data:`MODEL_OPTIONS`), with the groups several methods share
 (:data:`PWAM_OPTIONS`, :data:`QUERY_DECODER_OPTIONS`, :data:`HIDDEN_DIM`); a method declares its own in its
 class (``OPTIONS``, e.g. :class:`ris.models.coupalign.CoupAlign`). No torch here: planning stays fast.
