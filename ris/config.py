@@ -7,6 +7,7 @@ configuration (plain JSON) and stores it in every checkpoint, so a checkpoint is
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Any
 
 import jsonschema
 import yaml
+
+from ris.catalog import Catalog, read_catalog
+from ris.options import TRAIN_OPTIONS, OptionError, resolve, unknown_key
 
 
 class ConfigError(ValueError):
@@ -33,24 +37,29 @@ def load_yaml(path: Path) -> dict:
     return data
 
 
-def validate(config: dict, schema_path: Path, source: str = "config.yaml") -> None:
-    """Check ``config`` against the JSON schema and the cross-references the schema cannot express.
+def validate(config: dict, schema_path: Path, source: str = "config.yaml", catalog: Catalog | None = None) -> None:
+    """Check ``config`` against the JSON schema, the declared options and the cross-references the schema
+    cannot express.
 
-    Method and backbone names are enumerated in the schema (kept equal to the model registry by a test),
-    so validating a config does not import torch: a Snakemake dry run stays fast.
+    Method and backbone names and every option's declaration come from :mod:`ris.catalog`, which reads the
+    model sources without importing torch (a Snakemake dry run stays fast); ``catalog`` replaces it (tests).
+    Of the presets under ``scales`` only the active one (``scale``) is checked: a mistake under another
+    preset fails that scale's runs, not these.
     """
-    schema = load_yaml(schema_path)
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    cat = catalog or read_catalog()
+    validator = jsonschema.Draft202012Validator(_schema(config, schema_path, cat))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.path))
     if errors:
-        e = errors[0]
-        where = ".".join(str(p) for p in e.path) or "(top level)"
-        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: field {where}: {e.message}{more}")
+        raise ConfigError(_schema_message(errors, source))
     if config["scale"] not in config["scales"]:
         raise ConfigError(
             f"{source}: field scale: {config['scale']!r} is not one of the presets under scales "
             f"({', '.join(config['scales'])})"
         )
+    try:
+        _validate_declared(config, source, cat)
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
     for tname, table in config["tables"].items():
         for d, splits in table["datasets"].items():
             real = dataset_for(config, d)
@@ -67,6 +76,42 @@ def validate(config: dict, schema_path: Path, source: str = "config.yaml") -> No
                 )
     _validate_stats(config, source)
     _validate_pretrain(config, source)
+
+
+def _schema(config: dict, schema_path: Path, cat: Catalog) -> dict:
+    """The schema with the registered method and backbone names, checking the active preset only."""
+    schema = load_yaml(schema_path)
+    schema["$defs"]["method"]["enum"] = sorted(cat.methods)
+    schema["$defs"]["backbone"]["enum"] = sorted(cat.backbones)
+    if isinstance(config.get("scale"), str):
+        schema["properties"]["scales"]["properties"] = {config["scale"]: {"$ref": "#/$defs/preset"}}
+    return schema
+
+
+def _schema_message(errors: list, source: str) -> str:
+    """The first schema error as one line: the field, what is wrong, the closest valid name of an unknown one."""
+    e, more = errors[0], f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    where = f"{source}: field " + (".".join(str(p) for p in e.path) or "(top level)")
+    if e.validator == "additionalProperties":
+        known = e.schema.get("properties", {})
+        return unknown_key(where, next(k for k in e.instance if k not in known), known) + more
+    close = difflib.get_close_matches(str(e.instance), map(str, e.validator_value), 1) if e.validator == "enum" else []
+    return f"{where}: {e.message}" + (f" (did you mean {close[0]!r}?)" if close else "") + more
+
+
+def _validate_declared(config: dict, source: str, cat: Catalog) -> None:
+    """The declared settings (:mod:`ris.options`): every method's options and train overrides, the active preset's
+    shared model options and train keys, and its image size against the stride of each backbone of its grid."""
+    where, p = f"{source}: field scales.{config['scale']}", preset(config)
+    resolve(p["train"], TRAIN_OPTIONS, f"{where}.train")
+    cat.resolve_options(None, p.get("model_options"), f"{where}.model_options")
+    for m, entry in config["methods"].items():
+        cat.resolve_options(m, entry.get("options"), f"{source}: field methods.{m}.options")
+        resolve(entry.get("train"), TRAIN_OPTIONS, f"{source}: field methods.{m}.train", partial=True)
+    for m, b in sorted({(k.method, k.backbone) for k in all_runs(config)}):
+        own = config["methods"].get(m, {}).get("train", {})
+        field = f"methods.{m}.train" if "image_size" in own else f"scales.{config['scale']}.train"
+        cat.check_image_size(b, {**p["train"], **own}["image_size"], f"{source}: field {field}.image_size")
 
 
 def _validate_stats(config: dict, source: str) -> None:

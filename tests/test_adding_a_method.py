@@ -1,10 +1,12 @@
 """docs/adding-a-method.md is true: its example method, read from the page, registers, trains, evaluates.
 
 The page's Python block is executed as the module it describes (so a broken example fails here), its
-registry line is compared with ``ris/models/__init__.py``, its config entry is validated against the schema
-and expanded into a run, and the method goes through ``ris.training.train.train`` and
-``ris.evaluation.inference.evaluate_splits`` on the tiny synthetic set, then through the registry-wide
-checks of ``tests/test_models.py`` that every registered method must pass.
+registry line is compared with ``ris/models/__init__.py``; the three files the page changes (the module, the
+import line, a run in config.yaml) are applied to a copy of ``ris/models/`` and the config: the torch-free
+catalog read from that copy equals the runtime registry, and the config validates against the untouched
+schema and expands into a run. The method then goes through ``ris.training.train.train`` and
+``ris.evaluation.inference.evaluate_splits`` on the tiny synthetic set, and through the registry-wide checks
+of ``tests/test_models.py`` that every registered method must pass.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -74,21 +78,41 @@ def test_registry_line_is_the_package_import_plus_the_new_module(doc_method):
         lookup(METHODS, "method", "no_such_method")
 
 
-def test_config_entry_is_valid_and_becomes_a_run(doc_method, tmp_path):
-    from ris.config import RunKey, all_runs, load_yaml, run_config, validate
+def models_with_the_page(tmp_path: Path) -> Path:
+    """A copy of ``ris/models/`` with the page's two changes: its module and its import line."""
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "ris" / "models", models, ignore=shutil.ignore_patterns("__pycache__"))
+    module = re.search(r"`ris/models/(\w+)\.py`", DOC.read_text()).group(1)
+    (models / f"{module}.py").write_text("\n".join(doc_blocks("python")))
+    line = next(m for b in doc_blocks("text") for m in re.findall(r"^from ris\.models import .*$", b, re.M))
+    init = (models / "__init__.py").read_text()
+    (models / "__init__.py").write_text(
+        re.sub(r"^from ris\.models import [\w, ]+#.*$", line, init, count=1, flags=re.M)
+    )
+    return models
 
+
+def test_config_entry_is_valid_and_becomes_a_run(doc_method, tmp_path):
+    """The page's three changes suffice: the catalog (what planning checks) finds the method and its options,
+    and config.yaml with the page's run validates against the untouched schema."""
+    from ris.catalog import read_catalog
+    from ris.config import RunKey, all_runs, load_yaml, run_config, validate
+    from ris.models.registry import catalog
+
+    cat = read_catalog(models_with_the_page(tmp_path))
+    assert cat == catalog() and doc_method in cat.methods  # the runtime registry holds the page's method
     entries = [yaml.safe_load(b) for b in doc_blocks("yaml")]
     runs = [(t, r) for e in entries for t, spec in e.get("tables", {}).items() for r in spec["runs"]]
     assert runs and all(r["method"] == doc_method for _, r in runs), runs
     config = load_yaml(REPO / "config.yaml")
     for table, run in runs:
         config["tables"][table]["runs"].append(run)
-    # the schema with the method added to the enum the page names (tables.*.runs.method)
-    schema = load_yaml(SCHEMA)
-    enum = schema["properties"]["tables"]["additionalProperties"]["properties"]["runs"]["items"]["properties"]
-    enum["method"]["enum"].append(doc_method)
-    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
-    validate(config, tmp_path / "schema.yaml")
+    config["methods"][doc_method] = {"options": {"fusion_heads": 2}}  # its declared options are checked
+    validate(config, SCHEMA, catalog=cat)
+    config["methods"][doc_method]["options"]["fusion_head"] = 2
+    with pytest.raises(ValueError, match=f"methods.{doc_method}.options: unknown key 'fusion_head'"):
+        validate(config, SCHEMA, catalog=cat)
+    config["methods"][doc_method]["options"].pop("fusion_head")
     _, run = runs[0]
     key = RunKey("synthetic", doc_method, run["backbone"], int(run.get("num_masks", 0)), config["seeds"][0])
     assert key in all_runs(config)  # the DAG trains and evaluates it

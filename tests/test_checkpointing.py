@@ -31,7 +31,9 @@ def _pair(method: str, backbone: str = "swin_b", options: dict | None = None) ->
     models = []
     for on in (False, True):
         torch.manual_seed(0)
-        opts = {**STOCHASTIC, **(options or {}), "activation_checkpointing": on}
+        declared = {o.name for o in METHODS[method].OPTIONS}  # the query decoders' dropout: CoupAlign, EAVL
+        stochastic = {k: v for k, v in STOCHASTIC.items() if k != "dropout" or k in declared}
+        opts = {**stochastic, **(options or {}), "activation_checkpointing": on}
         models.append(_model(method, backbone, NUM_MASKS.get(method, 0), opts).train())
     models[1].load_state_dict(models[0].state_dict())
     return models[0], models[1]

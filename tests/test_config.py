@@ -27,18 +27,24 @@ def test_shipped_config_is_valid(config):
     validate(config, SCHEMA)
 
 
-def test_schema_names_equal_the_registry():
+def test_every_registered_method_and_backbone_is_accepted_and_no_other(config):
+    """The schema's method and backbone names come from ris.catalog (equal to the registry: test_options.py)."""
     from ris.models import BACKBONES, METHODS
 
-    run = load_yaml(SCHEMA)["properties"]["tables"]["additionalProperties"]["properties"]["runs"]["items"]
-    assert sorted(run["properties"]["method"]["enum"]) == sorted(METHODS)
-    assert sorted(run["properties"]["backbone"]["enum"]) == sorted(BACKBONES)
+    for method in METHODS:
+        for backbone in BACKBONES:
+            bad = copy.deepcopy(config)
+            bad["tables"]["main"]["runs"].append({"method": method, "backbone": backbone})
+            validate(bad, SCHEMA)
+    config["tables"]["main"]["runs"].append({"method": "segformer", "backbone": "swin_b"})
+    with pytest.raises(ConfigError, match=r"field tables.main.runs.4.method: 'segformer' is not one of \['coupalign'"):
+        validate(config, SCHEMA)
 
 
 def test_schema_baselines_equal_the_implemented_ones():
     from ris.evaluation.baselines import BASELINES
 
-    scale = load_yaml(SCHEMA)["properties"]["scales"]["additionalProperties"]["properties"]
+    scale = load_yaml(SCHEMA)["$defs"]["preset"]["properties"]
     assert sorted(scale["baselines"]["items"]["enum"]) == sorted(BASELINES)
 
 
@@ -49,26 +55,70 @@ def test_schema_baselines_equal_the_implemented_ones():
         (lambda c: c.update(scale="huge"), "field scale: 'huge' is not one of the presets"),
         (
             lambda c: c["scales"]["demo"]["train"].update(epochs=0),
-            "field scales.demo.train.epochs: 0 is less than",
+            "field scales.demo.train.epochs: expected an integer >= 1, got 0",
         ),
         (
-            lambda c: c["scales"]["demo"]["train"].update(bogus=1),
-            "field scales.demo.train: Additional properties",
+            lambda c: c["scales"]["demo"]["train"].update(lr=-1e-3),
+            "field scales.demo.train.lr: expected a number > 0, got -0.001",
+        ),
+        (
+            lambda c: c["scales"]["demo"]["train"].update(xyzzy=1),
+            "field scales.demo.train: unknown key 'xyzzy' (valid: batch_size,",
+        ),
+        (
+            lambda c: c["scales"]["demo"]["train"].update(image_size=100),
+            "field scales.demo.train.image_size: expected a multiple of 32 (the stride of backbone darknet53), got 100",
+        ),
+        (
+            lambda c: c["scales"]["demo"].update(model_option={}),
+            "field scales.demo: unknown key 'model_option' (did you mean 'model_options'?)",
+        ),
+        (
+            lambda c: c["scales"]["demo"]["model_options"].update(dice_wieght=1.0),
+            "field scales.demo.model_options: unknown key 'dice_wieght' (did you mean 'dice_weight'?)",
+        ),
+        (
+            lambda c: c["scales"]["demo"]["model_options"].update(aux_weight=1.0),
+            "field scales.demo.model_options: 'aux_weight' is an option of coupalign, not of every method",
+        ),
+        (
+            lambda c: c["methods"]["coupalign"]["options"].update(aux_wieght=0.5),
+            "field methods.coupalign.options: unknown key 'aux_wieght' (did you mean 'aux_weight'?)",
+        ),
+        (
+            lambda c: c["methods"]["lavt"]["options"].update(aux_weight=0.5),
+            "field methods.lavt.options: 'aux_weight' is an option of coupalign, not of lavt",
+        ),
+        (
+            lambda c: c["methods"]["jmceln"]["options"].update(num_stages=0),
+            "field methods.jmceln.options.num_stages: expected an integer >= 1, got 0",
+        ),
+        (
+            lambda c: c["methods"]["eavl"].update(train={"micro_batch_size": "big"}),
+            "field methods.eavl.train.micro_batch_size: expected an integer >= 1, 'auto' or null, got 'big'",
+        ),
+        (
+            lambda c: c["methods"].update(coupalgin={}),
+            "field methods: 'coupalgin' is not one of ['coupalign', 'eavl', 'jmceln', 'lavt'] (did you mean 'coupal",
         ),
         (
             lambda c: c["tables"]["main"]["runs"][0].update(backbone="vgg"),
             "field tables.main.runs.0.backbone: 'vgg' is not one of",
         ),
         (
+            lambda c: c["tables"]["main"]["runs"][1].update(num_masks=-1),
+            "field tables.main.runs.1.num_masks: -1 is less than the minimum of 0",
+        ),
+        (
             lambda c: c["tables"]["main"].update(datasets={"nope": ["val"]}),
             "dataset 'nope' (-> 'nope') is not declared",
         ),
         (
-            lambda c: c["scales"]["paper"]["evaluate"].update(device="gpu"),
+            lambda c: c.update(scale="paper") or c["scales"]["paper"]["evaluate"].update(device="gpu"),
             "field scales.paper.evaluate.device: 'gpu' does not match",
         ),
         (
-            lambda c: c["scales"]["paper"]["evaluate"].update(samples_per_s=0),
+            lambda c: c.update(scale="paper") or c["scales"]["paper"]["evaluate"].update(samples_per_s=0),
             "field scales.paper.evaluate.samples_per_s: 0 is less than or equal to the minimum",
         ),
     ],
@@ -80,6 +130,21 @@ def test_invalid_configs_name_the_field(config, mutate, message):
         validate(bad, SCHEMA)
     assert message in str(e.value)
     assert str(e.value).startswith("config.yaml: ")
+
+
+def test_only_the_active_preset_is_checked(config):
+    """A mistake under scales.paper fails a paper-scale run, not the demo (and the other way round)."""
+    config["scales"]["paper"]["train"]["lrr"] = 1.0
+    config["scales"]["paper"]["model_options"]["activation_checkpointin"] = True
+    validate(config, SCHEMA)
+    with pytest.raises(ConfigError, match=r"field scales.paper.train: unknown key 'lrr' \(did you mean 'lr'\?\)"):
+        validate({**config, "scale": "paper"}, SCHEMA)
+    config["scales"]["paper"]["train"].pop("lrr")
+    with pytest.raises(ConfigError, match="unknown key 'activation_checkpointin' .did you mean 'activation_checkp"):
+        validate({**config, "scale": "paper"}, SCHEMA)
+    config["scales"]["paper"]["model_options"].pop("activation_checkpointin")
+    config["scales"]["demo"]["train"]["epochs"] = 0
+    validate({**config, "scale": "paper"}, SCHEMA)
 
 
 def test_demo_grid_runs_shared_by_tables_are_trained_once(config):

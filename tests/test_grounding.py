@@ -29,7 +29,7 @@ DEMO_OPTIONS = {"dice_weight": 1.0, "freeze_text": True, "lang_norm": "none", "w
 #: What the demo adds because its backbones are pretrained (results/pretrained/): this test trains from random
 #: weights, where a frozen backbone would prove nothing.
 PRETRAINED_ONLY = {"freeze_backbone_stages": 4}
-SIZE = 48
+SIZE = 64  # the demo's image size (a multiple of the backbones' stride, 32)
 
 
 @pytest.fixture(scope="module")

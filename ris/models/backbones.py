@@ -207,7 +207,7 @@ SWIN_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-@register_backbone("swin_b")
+@register_backbone("swin_b", stride=32)
 def swin_b(size: str, image_size: int, pretrained: bool = False, **arch: Any) -> StagedBackbone:
     """Swin-B with the official (LAVT) window semantics (:class:`OfficialSwinBlock`); see :data:`SWIN_SIZES`.
 
@@ -231,7 +231,7 @@ def swin_b(size: str, image_size: int, pretrained: bool = False, **arch: Any) ->
     return StagedBackbone(m.patch_embed, list(m.layers), channels, nhwc=True)
 
 
-@register_backbone("resnet101")
+@register_backbone("resnet101", stride=32)
 def resnet101(size: str, image_size: int, pretrained: bool = False) -> StagedBackbone:
     """ResNet-101 (CoupAlign supplementary Table 1); tiny: ResNet-10-T (one block per stage) at half width."""
     _check_size(size)
@@ -245,7 +245,7 @@ def resnet101(size: str, image_size: int, pretrained: bool = False) -> StagedBac
     return StagedBackbone(stem, stages, channels, nhwc=False)
 
 
-@register_backbone("darknet53")
+@register_backbone("darknet53", stride=32)
 def darknet53(size: str, image_size: int, pretrained: bool = False) -> StagedBackbone:
     """Darknet-53 (YOLOv3's backbone, CoupAlign Table 2); tiny: Darknet-17 at a quarter of the width.
 

@@ -1,7 +1,8 @@
 """What every method shares: its configuration, the text and image encoders, the stage-wise fusion loop.
 
-A method subclasses :class:`RISModel`, builds one fusion module per backbone stage and a head, and
-returns ``{"logits": (B, 1, h, w), ...}`` from ``forward``; ``loss`` and ``predict`` work on that.
+A method subclasses :class:`RISModel`, declares its options in ``OPTIONS`` (:class:`ris.options.Option`;
+the shared ones are :data:`ris.options.MODEL_OPTIONS`), builds one fusion module per backbone stage and a
+head, and returns ``{"logits": (B, 1, h, w), ...}`` from ``forward``; ``loss`` and ``predict`` work on that.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ris.models.backbones import load_pretrained_file, recomputed
 from ris.models.blocks import QueryDecoder, TopDownDecoder
 from ris.models.losses import dice_loss, resize_logits, weighted_bce
 from ris.models.registry import BACKBONES, TEXT_ENCODERS, lookup
+from ris.options import MODEL_OPTIONS, Option, resolve
 
 
 @dataclass
@@ -31,7 +33,7 @@ class ModelConfig:
     num_masks: int = 0
     pretrained_backbone: bool | str = False  # True: timm/hub weights; a path: a pretrained-backbone file
     pretrained_text: str | None = None  # hub id or local folder for from_pretrained
-    # method-specific settings; ``backbone_args`` (a dict) overrides the backbone's architecture
+    # the method's options (declared: ris.options.MODEL_OPTIONS and the method's OPTIONS; docs/options.md)
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -55,39 +57,48 @@ class ModelConfig:
 class RISModel(nn.Module):
     """Base class: image backbone and text encoder from the registry, fusion loop, loss, prediction."""
 
+    #: The method's own options (the shared :data:`ris.options.MODEL_OPTIONS` aside); :mod:`ris.catalog` reads
+    #: this assignment from the source, so it holds literals, ``Option(...)`` and names of :mod:`ris.options`.
+    OPTIONS: tuple[Option, ...] = ()
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        #: ``cfg.options`` checked against the declarations and completed with their defaults.
+        self.options = resolve(cfg.options, (*MODEL_OPTIONS, *self.OPTIONS), f"{cfg.method} model: field options")
         self.backbone = lookup(BACKBONES, "backbone", cfg.backbone)(
-            cfg.size, cfg.image_size, cfg.pretrained_backbone is True, **self.option("backbone_args", {})
+            cfg.size, cfg.image_size, cfg.pretrained_backbone is True, **self.option("backbone_args")
         )
         if isinstance(cfg.pretrained_backbone, str):  # the demo's pretraining job (ris.training.pretrain)
             load_pretrained_file(self.backbone, cfg.pretrained_backbone, cfg.backbone, cfg.size)
         # Option ``freeze_backbone_stages`` k: the stem and first k stages keep their (pretrained) weights.
-        self.backbone.freeze(int(self.option("freeze_backbone_stages", 0)))
+        self.backbone.freeze(self.option("freeze_backbone_stages"))
         self.text = lookup(TEXT_ENCODERS, "text encoder", cfg.text_encoder)(
             cfg.size, cfg.vocab_size, cfg.pretrained_text
         )
         # speed switch (opt-in, numerically equivalent up to rounding): no NHWC->NCHW copies around fusions
-        self.backbone.channels_last_fusion = bool(self.option("channels_last_fusion", False))
-        if self.option("freeze_text", False):
+        self.backbone.channels_last_fusion = self.option("channels_last_fusion")
+        if self.option("freeze_text"):
             self.text.freeze()
         #: Option ``activation_checkpointing``: while training with gradients, :meth:`encode` keeps only the
         #: inputs of each Swin block and of each stage's fusion and recomputes them in the backward pass
         #: (less memory, one more forward of the encoder); no effect in eval mode or under ``no_grad``.
-        self.activation_checkpointing = bool(self.option("activation_checkpointing", False))
+        self.activation_checkpointing = self.option("activation_checkpointing")
         #: PWAM's language norm (:class:`ris.models.blocks.PixelWordAttention`): "instance" as the official code.
-        self.lang_norm = str(self.option("lang_norm", "instance"))
+        self.lang_norm = self.option("lang_norm")
         # Option ``word_dim``: a learned linear projection of the word features to that width before any
         # fusion (the demo narrows MiniLM's 384 to 64, which the tiny fusion modules and query decoders then
         # work at); unset, as at paper scale, the fusions see the text encoder's features as they are.
-        word_dim = self.option("word_dim", None)
+        word_dim = self.option("word_dim")
         self.text_proj = nn.Linear(self.text.dim, int(word_dim)) if word_dim else None
         #: Width of the word features the fusion modules and heads receive.
         self.lang_dim = int(word_dim) if word_dim else self.text.dim
 
-    def option(self, name: str, default: Any) -> Any:
-        return self.cfg.options.get(name, default)
+    def option(self, name: str) -> Any:
+        """The checked value of a declared option (its default when the run config leaves it out)."""
+        if name not in self.options:
+            raise KeyError(f"{type(self).__name__} reads option {name!r}, which it does not declare (OPTIONS)")
+        return self.options[name]
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint stores: all, except those of an external text encoder (the demo's frozen
@@ -122,24 +133,25 @@ class RISModel(nn.Module):
     def pixel_decoder(self) -> TopDownDecoder:
         """LAVT's top-down decoder over the backbone's stages, every method's pixel decoder; option
         ``decoder_dim`` sets its width (default LAVT's: half the last stage's channels)."""
-        return TopDownDecoder(self.backbone.channels, self.option("decoder_dim", None))
+        return TopDownDecoder(self.backbone.channels, self.option("decoder_dim"))
 
     def hidden_dim(self) -> int:
-        """Width of a method's query/context embeddings: option ``hidden_dim`` (256 at full size, 64 tiny)."""
-        return int(self.option("hidden_dim", 256 if self.cfg.size == "full" else 64))
+        """Width of a method's query/context embeddings: option ``hidden_dim`` (256 at full size, 64 tiny; a
+        method that calls this declares :data:`ris.options.HIDDEN_DIM`)."""
+        return self.option("hidden_dim") or (256 if self.cfg.size == "full" else 64)
 
     def build_query_decoder(self, dim: int) -> QueryDecoder:
         """The Mask2Former-style query decoder of every query-based method (CoupAlign's mask generator, EAVL's
         aligner), over the fused maps at strides 8, 16 and 32 (call it with all four maps of :meth:`encode`:
         it takes the coarsest ones); options ``query_layers`` (3), ``heads`` (8), ``ffn_dim`` (8 * dim),
-        ``dropout`` (0.0)."""
+        ``dropout`` (0.0): a method that calls this declares :data:`ris.options.QUERY_DECODER_OPTIONS`."""
         return QueryDecoder(
             self.backbone.channels[1:],
             dim,
-            layers=self.option("query_layers", 3),
-            heads=self.option("heads", 8),
-            ffn_dim=self.option("ffn_dim", 8 * dim),
-            dropout=self.option("dropout", 0.0),
+            layers=self.option("query_layers"),
+            heads=self.option("heads"),
+            ffn_dim=self.option("ffn_dim") or 8 * dim,
+            dropout=self.option("dropout"),
         )
 
     def encode(
@@ -188,8 +200,8 @@ class RISModel(nn.Module):
         term when the option ``dice_weight`` > 0 (the demo preset sets it: tiny random-init models on
         small synthetic objects otherwise settle on the all-background prediction for many epochs).
         """
-        loss = weighted_bce(logits, target, self.option("fg_weight", 1.1), self.option("bg_weight", 0.9))
-        dice_weight = float(self.option("dice_weight", 0.0))
+        loss = weighted_bce(logits, target, self.option("fg_weight"), self.option("bg_weight"))
+        dice_weight = self.option("dice_weight")
         if dice_weight > 0:
             loss = loss + dice_weight * dice_loss(logits, target)
         return loss

@@ -55,6 +55,7 @@ from ris.models.blocks import (
 from ris.models.lavt import PWAMFusion
 from ris.models.losses import pixel_sentence_contrast
 from ris.models.registry import register_method
+from ris.options import HIDDEN_DIM, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option
 
 
 class WordPixelAlignment(nn.Module):
@@ -79,6 +80,15 @@ class WordPixelAlignment(nn.Module):
 class CoupAlign(RISModel):
     """CoupAlign; N = ``cfg.num_masks`` (0: no SMA). Options: see the module docstring."""
 
+    OPTIONS = (
+        *PWAM_OPTIONS,
+        HIDDEN_DIM,
+        *QUERY_DECODER_OPTIONS,
+        Option("wpa_heads", int, 8, "attention heads of the words' cross-attention to the pixels (WPA)", ge=1),
+        Option("aux_weight", float, 0.1, "weight of the pixel-sentence contrastive loss", ge=0),
+        Option("temperature", float, 0.1, "temperature of the pixel-sentence contrastive loss", gt=0),
+    )
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         chans = self.backbone.channels
@@ -86,15 +96,15 @@ class CoupAlign(RISModel):
         self.num_masks = int(cfg.num_masks)
         if self.num_masks < 0:
             raise ValueError(f"num_masks must be >= 0, got {self.num_masks}")
-        self.aux_weight = float(self.option("aux_weight", 0.1))
-        self.temperature = float(self.option("temperature", 0.1))
+        self.aux_weight = self.option("aux_weight")
+        self.temperature = self.option("temperature")
         self.fusions = nn.ModuleList(
             WordPixelAlignment(
                 c,
                 self.lang_dim,
-                self.option("fusion_heads", 1),
-                self.option("wpa_heads", 8),
-                self.option("fusion_dropout", 0.0),
+                self.option("fusion_heads"),
+                self.option("wpa_heads"),
+                self.option("fusion_dropout"),
                 self.lang_norm,
             )
             for c in chans

@@ -51,6 +51,7 @@ from ris.models.blocks import (
 )
 from ris.models.lavt import pwam_fusions
 from ris.models.registry import register_method
+from ris.options import HIDDEN_DIM, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option
 
 
 class MultiQueryGenerator(nn.Module):
@@ -77,11 +78,18 @@ class MultiQueryGenerator(nn.Module):
 class EAVL(RISModel):
     """EAVL on any staged backbone; options: see the module docstring."""
 
+    OPTIONS = (
+        *PWAM_OPTIONS,
+        HIDDEN_DIM,
+        *QUERY_DECODER_OPTIONS,
+        Option("num_queries", int, None, "queries when num_masks is 0 (null: 8); must equal num_masks if both", ge=1),
+    )
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         chans = self.backbone.channels
         dim = self.hidden_dim()
-        option_n = self.option("num_queries", None)
+        option_n = self.option("num_queries")
         if cfg.num_masks > 0 and option_n is not None and option_n != cfg.num_masks:
             raise ValueError(f"num_masks={cfg.num_masks} and option num_queries={option_n} disagree")
         self.num_queries = int(cfg.num_masks if cfg.num_masks > 0 else (option_n or 8))

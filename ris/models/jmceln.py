@@ -41,6 +41,7 @@ from ris.models.blocks import (
 )
 from ris.models.lavt import pwam_fusions
 from ris.models.registry import register_method
+from ris.options import HIDDEN_DIM, PWAM_OPTIONS, Option
 
 
 class ContextStage(nn.Module):
@@ -79,23 +80,30 @@ class ContextStage(nn.Module):
 class JMCELN(RISModel):
     """JMCELN as we read its abstract; options: see the module docstring."""
 
+    OPTIONS = (
+        *PWAM_OPTIONS,
+        HIDDEN_DIM,
+        Option("num_stages", int, 3, "stages of the cascade", ge=1),
+        Option("stage_weights", list, None, "loss weight of each stage (null: all 1.0)", items=float, ge=0),
+        Option("context_tokens", int, 4, "learnable contextual embeddings (K)", ge=1),
+        Option("heads", int, 8, "attention heads of each stage's read of words and region", ge=1),
+    )
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         dim = self.hidden_dim()
-        stages = int(self.option("num_stages", 3))
-        if stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {stages}")
-        weights = [float(w) for w in self.option("stage_weights", [1.0] * stages)]
+        stages, given = self.option("num_stages"), self.option("stage_weights")
+        weights = [1.0] * stages if given is None else [float(w) for w in given]
         if len(weights) != stages or sum(weights) <= 0:
             raise ValueError(f"stage_weights {weights} must be {stages} values with a positive sum")
         self.stage_weights = weights
         self.fusions = pwam_fusions(self)
         self.decoder = self.pixel_decoder()
-        self.context = nn.Parameter(torch.randn(self.option("context_tokens", 4), dim))
+        self.context = nn.Parameter(torch.randn(self.option("context_tokens"), dim))
         self.word_proj = nn.Linear(self.lang_dim, dim)
         self.sentence_proj = nn.Linear(self.lang_dim, dim)
         self.stages = nn.ModuleList(
-            ContextStage(self.decoder.hidden, dim, self.option("heads", 8)) for _ in range(stages)
+            ContextStage(self.decoder.hidden, dim, self.option("heads")) for _ in range(stages)
         )
 
     def forward(

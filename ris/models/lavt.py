@@ -29,6 +29,7 @@ from torch import nn
 from ris.models.base import ModelConfig, RISModel
 from ris.models.blocks import ChannelNorm, LanguageGate, PixelWordAttention
 from ris.models.registry import register_method
+from ris.options import PWAM_OPTIONS
 
 
 class PWAMFusion(nn.Module):
@@ -55,13 +56,15 @@ def pwam_fusions(model: RISModel) -> nn.ModuleList:
 
     The LAVT encoder, shared by every method that fuses language this way (LAVT, EAVL, JMCELN).
     """
-    heads, drop, norm = model.option("fusion_heads", 1), model.option("fusion_dropout", 0.0), model.lang_norm
+    heads, drop, norm = model.option("fusion_heads"), model.option("fusion_dropout"), model.lang_norm
     return nn.ModuleList(PWAMFusion(c, model.lang_dim, heads, drop, norm) for c in model.backbone.channels)
 
 
 @register_method("lavt")
 class LAVT(RISModel):
     """LAVT on any staged backbone; options: ``fusion_heads`` (1), ``fusion_dropout`` (0.0)."""
+
+    OPTIONS = PWAM_OPTIONS
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

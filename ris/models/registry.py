@@ -1,8 +1,10 @@
 """One registry of everything a run is built from, keyed by the names used in ``config.yaml``.
 
-``METHODS``, ``BACKBONES`` and ``TEXT_ENCODERS`` map a name (the Snakemake wildcard) to a builder.
-Adding a method means one new module in ``ris/models/`` decorated with ``@register_method("name")``
-and one import line in ``ris/models/__init__.py``.
+``METHODS``, ``BACKBONES`` and ``TEXT_ENCODERS`` map a name (the Snakemake wildcard) to a builder;
+``BACKBONE_STRIDES`` maps a backbone to the multiple its input side must be. Adding a method means one new
+module in ``ris/models/`` decorated with ``@register_method("name")`` (its options declared in the class's
+``OPTIONS``) and one import line in ``ris/models/__init__.py``. :mod:`ris.catalog` reads the same
+declarations from the sources, without torch, for planning.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from ris.catalog import Catalog, Method
+
 F = TypeVar("F", bound=Callable)
 
 METHODS: dict[str, Callable] = {}
 BACKBONES: dict[str, Callable] = {}
 TEXT_ENCODERS: dict[str, Callable] = {}
+BACKBONE_STRIDES: dict[str, int] = {}
 
 
 def _register(table: dict[str, Callable], kind: str, name: str) -> Callable[[F], F]:
@@ -32,8 +37,10 @@ def register_method(name: str) -> Callable[[F], F]:
     return _register(METHODS, "method", name)
 
 
-def register_backbone(name: str) -> Callable[[F], F]:
-    """Register ``fn(size, image_size, pretrained) -> StagedBackbone`` under a backbone name."""
+def register_backbone(name: str, stride: int) -> Callable[[F], F]:
+    """Register ``fn(size, image_size, pretrained) -> StagedBackbone`` under a backbone name; ``stride``: its
+    output stride, which the input side must be a multiple of (every stage then halves the map exactly)."""
+    BACKBONE_STRIDES[name] = stride
     return _register(BACKBONES, "backbone", name)
 
 
@@ -48,3 +55,13 @@ def lookup(table: dict[str, Callable], kind: str, name: str) -> Callable:
         return table[name]
     except KeyError:
         raise KeyError(f"unknown {kind} {name!r}; known: {', '.join(sorted(table))}") from None
+
+
+def catalog() -> Catalog:
+    """The registry as a :class:`ris.catalog.Catalog` (what ``ris train`` checks a run config against); equal to
+    :func:`ris.catalog.read_catalog`, which reads the same from the sources (tests/test_options.py)."""
+    methods = {
+        name: Method(name, cls.__module__.replace(".", "/") + ".py", cls.__name__, tuple(cls.OPTIONS))
+        for name, cls in METHODS.items()
+    }
+    return Catalog(methods, dict(BACKBONE_STRIDES), tuple(sorted(TEXT_ENCODERS)))

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ris.catalog import check_run_settings
+from ris.models.registry import catalog
+
 __all__ = ["REQUIRED", "RunConfigError", "check_run_config"]
 
 # section -> the keys training reads from it (None: a top-level value, not a section).
@@ -49,3 +52,4 @@ def check_run_config(cfg: Any) -> None:
         raise RunConfigError(
             f"run config: train.micro_batch_size is {micro!r} (expected: an integer >= 1, auto or null)"
         )
+    check_run_settings(cfg, catalog())  # every key and value against its declaration (ris.options), image size
