@@ -21,7 +21,8 @@ are those of a run started with the smaller micro-batch. At a micro-batch of 1, 
 DDP, it is a :class:`TrainingOOMError`.
 
 Validation: after every ``train.val_every_epochs``-th epoch and after the last one (so a best model always
-exists); each rank evaluates a strided shard and the metrics are computed in dataset order. With
+exists); each rank evaluates a strided shard in batches of the micro-batch in use (halved and redone on
+out-of-memory under ``auto``, on each rank alone) and the metrics are computed in dataset order. With
 ``train.ema_decay`` validation, ``best.pt`` and ``model.pt`` use the EMA weights (:mod:`ris.training.ema`).
 
 Resume: dropout draws come from a seed derived from (seed, epoch, step, micro-batch), so they depend neither
@@ -54,12 +55,12 @@ from tqdm import tqdm
 
 from ris.metrics import intersection_union, summarize
 from ris.training import distributed as ddp
+from ris.training import run_log
 from ris.training.checkpoint import load_checkpoint, save_checkpoint
 from ris.training.ema import ema_weights
 from ris.training.preemption import Preempted, StopRequest, ignore_stop_signals, marker_path
 from ris.training.run import Run, best_state, build_run, restore, resume_state, wrap_for_processes
 from ris.training.run_config import check_run_config
-from ris.training.run_log import flush_pending, log_epoch, log_micro_batch, log_step, mark_failed, open_tracker, publish
 from ris.training.sampler import StepSampler, micro_seed
 from ris.utils import write_json
 
@@ -88,7 +89,7 @@ def train(cfg: dict[str, Any], out_dir: Path, device: str | None = None, progres
         resumed = run.last_path.exists()
         run_id = restore(run, load_checkpoint(run.last_path)) if resumed else None
         wrap_for_processes(run)
-        open_tracker(run, run_id, resumed)
+        run_log.open_tracker(run, run_id, resumed)
         try:
             for epoch in range(run.state.epochs_done, run.epochs):
                 t0 = time.time()
@@ -98,9 +99,9 @@ def train(cfg: dict[str, Any], out_dir: Path, device: str | None = None, progres
         except Preempted:
             raise
         except BaseException as e:
-            mark_failed(run, e)
+            run_log.mark_failed(run, e)
             raise
-        return publish(run)
+        return run_log.publish(run)
 
 
 # ------------------------------------------------------------------------------------ an epoch's steps
@@ -187,7 +188,7 @@ def train_step(run: Run, epoch: int, share: dict[str, torch.Tensor]) -> bool:
     s.step += 1
     s.global_step += 1
     s.epoch_losses.append(loss_sum / (run.ctx.world_size * run.accum))
-    log_step(run, epoch)
+    run_log.log_step(run, epoch)
     return stops > 0
 
 
@@ -235,7 +236,7 @@ def _shrink_after_oom(run: Run, epoch: int, message: str, saved_stats: list[tupl
     if run.dev.type == "cuda":
         torch.cuda.empty_cache()
     run.set_micro(run.micro // 2)
-    log_micro_batch(run, epoch, "out of memory")
+    run_log.log_micro_batch(run, epoch, "out of memory")
 
 
 def _batchnorm_stats(module: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -310,36 +311,65 @@ def validate(run: Run, epoch: int) -> dict[str, float]:
 
 @torch.no_grad()
 def _validate(run: Run, epoch: int) -> dict[str, float]:
-    """Each rank evaluates a strided shard; the metrics are computed in dataset order."""
+    """Each rank evaluates a strided shard in batches of the training micro-batch in use; the metrics are
+    computed in dataset order. Out of memory under ``micro_batch_size: auto`` halves the batch and redoes it."""
     ctx = run.ctx
     ddp.broadcast_buffers(run.core, ctx)  # every rank evaluates rank 0's BatchNorm statistics
     run.core.eval()
-    n, w = len(run.val_ds), ctx.world_size
-    shard = list(range(ctx.rank, n, w))
-    bs = run.micro * 2
-    loader = DataLoader(Subset(run.val_ds, shard), batch_size=bs, shuffle=False,
+    n, w, bs = len(run.val_ds), ctx.world_size, run.micro
+    loader = DataLoader(Subset(run.val_ds, range(ctx.rank, n, w)), batch_size=bs, shuffle=False,
                         num_workers=int(run.tcfg.get("num_workers", 0)),
                         worker_init_fn=ignore_stop_signals)  # fmt: skip
-    inter, union, rows = [], [], []
+    chunk, inter, union, rows = bs, [], [], []
     batches = iter(loader)
-    for _ in range(math.ceil(math.ceil(n / w) / bs)):  # the same count on every rank
+    for _ in range(math.ceil(math.ceil(n / w) / bs)):  # the same count on every rank, whatever its chunk
         if ddp.any_rank(run.stop.requested, ctx, run.dev):
             preempt(run, epoch)
         batch = next(batches, None)
         if batch is None:
             continue
-        target = batch["target"].to(run.dev)
-        with autocast(run):
-            pred = run.core.predict(*inputs(run, batch), tuple(target.shape[-2:]))
-        i, u = intersection_union(pred, target)
-        inter.append(i.cpu().numpy())
-        union.append(u.cpu().numpy())
+        while True:
+            try:
+                parts = [_val_batch(run, batch, i, chunk) for i in range(0, len(batch["row"]), chunk)]
+                break
+            except OOM_ERRORS as e:
+                error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            chunk = _halve_val_batch(run, epoch, chunk, error)  # outside the except block: the attempt is freed
+        inter += [p[0] for p in parts]
+        union += [p[1] for p in parts]
         rows.append(batch["row"].numpy())
     run.model.train()
     parts = ddp.gather((np.concatenate(inter), np.concatenate(union), np.concatenate(rows)), ctx)
     all_rows = np.concatenate([p[2] for p in parts])
     order = np.argsort(all_rows, kind="stable")  # dataset order, as on a single process
     return summarize(np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order])
+
+
+def _val_batch(run: Run, batch: dict[str, torch.Tensor], start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection, union) per sample of ``batch[start : start + size]``."""
+    part = {k: v[start : start + size] for k, v in batch.items()}
+    target = part["target"].to(run.dev)
+    with autocast(run):
+        pred = run.core.predict(*inputs(run, part), tuple(target.shape[-2:]))
+    i, u = intersection_union(pred, target)
+    return i.cpu().numpy(), u.cpu().numpy()
+
+
+def _halve_val_batch(run: Run, epoch: int, size: int, error: str) -> int:
+    """The validation batch after out-of-memory at ``size``: half of it under ``micro_batch_size: auto``
+    (each rank alone: the metrics do not depend on it), else :class:`TrainingOOMError`."""
+    if not run.auto_micro or size == 1:
+        advice = "set train.micro_batch_size to auto (halved on out-of-memory, in validation too) or lower it"
+        if size == 1:
+            advice = "even batches of 1 do not fit"
+        raise TrainingOOMError(
+            f"{run.cfg['run']}: out of memory on {run.dev} in the validation after epoch {epoch + 1} with batches "
+            f"of {size} (the training micro-batch in use): {advice}; precision bf16 also saves memory. ({error})"
+        )
+    if run.dev.type == "cuda":
+        torch.cuda.empty_cache()
+    run_log.log_val_batch(run, epoch, size // 2)
+    return size // 2
 
 
 # ----------------------------------------------------------------------------- the end of an epoch, a stop
@@ -364,7 +394,7 @@ def end_epoch(run: Run, epoch: int, val: dict[str, float], seconds: float) -> No
         s.best = val["oIoU"]
         save_checkpoint(run.work / "best.pt", best_state(run, epoch, val))
     save_checkpoint(run.last_path, resume_state(run))
-    log_epoch(run, record)
+    run_log.log_epoch(run, record)
 
 
 def save_last(run: Run) -> None:
@@ -372,7 +402,7 @@ def save_last(run: Run) -> None:
     if not run.ctx.is_main:
         return
     save_checkpoint(run.last_path, resume_state(run))
-    flush_pending(run)
+    run_log.flush_pending(run)
 
 
 def preempt(run: Run, epoch: int) -> None:
@@ -386,7 +416,7 @@ def preempt(run: Run, epoch: int) -> None:
     if run.tracker:  # best effort: what does not reach MLflow now is in last.pt and sent on resume
         run.tracker.attempts = 3
         with contextlib.suppress(Exception):
-            flush_pending(run)
+            run_log.flush_pending(run)
             run.tracker.finish("KILLED")
     raise Preempted(
         f"{run.cfg['run']}: stopped by a signal at epoch {epoch + 1} step {s.step} "
