@@ -61,6 +61,7 @@ class TrainState:
     step: int = 0  # optimizer steps done in the current epoch
     global_step: int = 0
     epoch_losses: list[float] = field(default_factory=list)  # per step of the current epoch
+    epoch_terms: dict[str, list[float]] = field(default_factory=dict)  # other loss terms, per step of the epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
     pending: list[list[float]] = field(default_factory=list)  # [global_step, loss, lr] not yet sent to MLflow
     best: float = -1.0  # best validation oIoU so far
@@ -281,6 +282,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> str | None:
         s.epochs_done, s.step = int(ckpt["epoch"]) + 1, 0
     s.global_step = int(ckpt.get("global_step", s.epochs_done * run.steps_per_epoch + s.step))
     s.epoch_losses = [float(x) for x in ckpt.get("epoch_losses", [])]
+    s.epoch_terms = {k: [float(x) for x in v] for k, v in ckpt.get("epoch_terms", {}).items()}
     s.history = list(ckpt.get("history", []))
     s.pending = [list(x) for x in ckpt.get("pending", [])]
     s.best = float(ckpt["best_val_oIoU"])
@@ -307,6 +309,7 @@ def resume_state(run: Run) -> dict[str, Any]:
         "steps_per_epoch": run.steps_per_epoch,
         "micro_batch_size": run.micro,
         "epoch_losses": list(s.epoch_losses),
+        "epoch_terms": {k: list(v) for k, v in s.epoch_terms.items()},
         "history": list(s.history),
         "pending": list(s.pending),
         "model": raw_weights(run),

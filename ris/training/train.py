@@ -162,10 +162,12 @@ def train_step(run: Run, epoch: int, share: dict[str, torch.Tensor]) -> bool:
         if not isinstance(result, str):
             break
         _shrink_after_oom(run, epoch, result, saved_stats)  # outside the except block: the failed attempt is freed
-    total, bad = result
+    total, bad, terms = result
     run.bn_stats.merge()
-    # One collective per step: the loss, non-finite losses and stop requests of all ranks.
-    loss_sum, nonfinite, stops = ddp.all_reduce_sum([total, bad, float(run.stop.requested)], run.ctx, run.dev)
+    # One collective per step: the loss, non-finite losses, stop requests and loss terms of all ranks.
+    loss_sum, nonfinite, stops, *term_sums = ddp.all_reduce_sum(
+        [total, bad, float(run.stop.requested), *terms.values()], run.ctx, run.dev
+    )
     if nonfinite:
         run.optimizer.zero_grad(set_to_none=True)
         kept = "no checkpoint was written yet"
@@ -187,7 +189,10 @@ def train_step(run: Run, epoch: int, share: dict[str, torch.Tensor]) -> bool:
         run.ema.update(run.core)
     s.step += 1
     s.global_step += 1
+    # Means over the step's micro-batches, all of ``micro`` items: so the epoch's means weigh every sample alike.
     s.epoch_losses.append(loss_sum / (run.ctx.world_size * run.accum))
+    for name, value in zip(terms, term_sums, strict=True):
+        s.epoch_terms.setdefault(name, []).append(value / (run.ctx.world_size * run.accum))
     run_log.log_step(run, epoch)
     return stops > 0
 
@@ -197,9 +202,10 @@ def _micro_batches(run: Run, share: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield {k: v[a * run.micro : (a + 1) * run.micro] for k, v in share.items()}
 
 
-def _accumulate(run: Run, epoch: int, share: dict[str, Any]) -> tuple[float, int] | str:
-    """Forward and backward over the micro-batches: (loss sum, non-finite count), or an out-of-memory message."""
-    total, bad = 0.0, 0
+def _accumulate(run: Run, epoch: int, share: dict[str, Any]) -> tuple[float, int, dict[str, float]] | str:
+    """Forward and backward over the micro-batches: (loss sum, non-finite count, sum of each other term of the
+    model's loss dict), or an out-of-memory message. The loss dict has the same keys at every call."""
+    total, bad, terms = 0.0, 0, {}
     try:
         for a, batch in enumerate(_micro_batches(run, share)):
             torch.manual_seed(micro_seed(run.seed, epoch, run.state.step, run.ctx.rank * run.accum + a))
@@ -208,16 +214,19 @@ def _accumulate(run: Run, epoch: int, share: dict[str, Any]) -> tuple[float, int
             with no_sync:
                 with autocast(run):
                     out = run.model(*inputs(run, batch))
-                    loss = run.core.loss(out, batch["target"].to(run.dev, non_blocking=True))["loss"]
-                run.scaler.scale(loss / run.accum).backward()
-            value = float(loss.detach())
-            if math.isfinite(value):
-                total += value
+                    parts = run.core.loss(out, batch["target"].to(run.dev, non_blocking=True))
+                run.scaler.scale(parts["loss"] / run.accum).backward()
+            values = dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist()))  # 1 sync
+            loss = values.pop("loss")
+            if math.isfinite(loss):
+                total += loss
             else:
                 bad += 1
+            for name, value in values.items():
+                terms[name] = terms.get(name, 0.0) + value
     except OOM_ERRORS as e:
         return _oom_message(run, epoch, e)
-    return total, bad
+    return total, bad, terms
 
 
 def _may_shrink(run: Run) -> bool:
@@ -376,17 +385,19 @@ def _halve_val_batch(run: Run, epoch: int, size: int, error: str) -> int:
 
 
 def end_epoch(run: Run, epoch: int, val: dict[str, float], seconds: float) -> None:
-    """Close the epoch: its history record, then (rank 0) best model, ``last.pt``, history and MLflow."""
+    """Close the epoch: its history record (``train_loss``, ``train_<term>`` per loss term, ``val_*``), then
+    (rank 0) best model, ``last.pt``, history and MLflow."""
     s = run.state
     record = {
         "epoch": epoch + 1,
         "train_loss": float(np.mean(s.epoch_losses)),
+        **{f"train_{name}": float(np.mean(values)) for name, values in s.epoch_terms.items()},
         "lr": run.scheduler.get_last_lr()[0],
         "seconds": round(seconds, 2),
         **{f"val_{k}": v for k, v in val.items()},
     }
     s.history.append(record)
-    s.epochs_done, s.step, s.epoch_losses = epoch + 1, 0, []
+    s.epochs_done, s.step, s.epoch_losses, s.epoch_terms = epoch + 1, 0, [], {}
     run.log("epoch %d: %s", epoch + 1, record)
     if not run.ctx.is_main:
         return
