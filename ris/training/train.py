@@ -95,13 +95,13 @@ def train(cfg: dict[str, Any], out_dir: Path, device: str | None = None, progres
                 t0 = time.time()
                 train_epoch(run, epoch)
                 val = validate(run, epoch) if validation_due(run, epoch) else {}
-                end_epoch(run, epoch, val, seconds=time.time() - t0)
+                end_epoch(run, epoch, val, seconds=time.time() - t0)  # best.pt, last.pt, history, MLflow
         except Preempted:
             raise
         except BaseException as e:
             run_log.mark_failed(run, e)
             raise
-        return run_log.publish(run)
+        return run_log.publish(run)  # model.pt and history.jsonl; work/ deleted
 
 
 # ------------------------------------------------------------------------------------ an epoch's steps
