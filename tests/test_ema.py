@@ -89,15 +89,15 @@ def ema_reference(prepared_tiny, store, tmp_path_factory) -> dict[str, Any]:  # 
     try:
         steps = record_raw_weights(mp)
         validated: list[dict[str, torch.Tensor]] = []
-        from ris.training import validation
+        from ris.training import train as train_module
 
-        inner = validation._validate
+        inner = train_module._validate
 
         def validate_and_record(run, epoch):
             validated.append({k: v.detach().clone() for k, v in run.core.state_dict().items()})
             return inner(run, epoch)
 
-        mp.setattr(validation, "_validate", validate_and_record)
+        mp.setattr(train_module, "_validate", validate_and_record)
         out = tmp_path_factory.mktemp("ema_reference") / "run"
         train_here(make_config(prepared_tiny, store, experiment="ema", ema_decay=DECAY), out)
     finally:

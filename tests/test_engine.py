@@ -204,7 +204,7 @@ def test_val_every_epochs_validates_every_kth_and_the_last_epoch(prepared_tiny, 
 
 def test_precision_and_device_settings_on_cpu():
     from ris.training.distributed import select_device
-    from ris.training.train import resolve_precision
+    from ris.training.run import resolve_precision
 
     cpu = torch.device("cpu")
     assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,7 +1,9 @@
-"""``train.micro_batch_size: auto`` (halve on out-of-memory, redo the step) and run-config errors.
+"""``train.micro_batch_size: auto`` (halve on out-of-memory, redo the step or the validation batch) and
+run-config errors.
 
 Out-of-memory is injected on the CPU: the loss raises ``torch.OutOfMemoryError`` for micro-batches of
-more than ``k`` items, after the forward (so the failed attempt has also updated BatchNorm statistics).
+more than ``k`` items, after the forward (so the failed attempt has also updated BatchNorm statistics);
+in validation, ``predict`` raises it for batches of more than ``k`` items.
 """
 
 from __future__ import annotations
@@ -43,18 +45,38 @@ def patch_loss(monkeypatch, most: int) -> list[int]:
     return sizes
 
 
+def patch_predict(monkeypatch, most: int | None = None) -> list[int]:
+    """RISModel.predict (validation) raises out-of-memory on batches of more than ``most`` items; returns the
+    sizes seen."""
+    from ris.models.base import RISModel
+
+    sizes: list[int] = []
+    original = RISModel.predict
+
+    def predict(self, images, input_ids, attention_mask, size):
+        sizes.append(int(images.shape[0]))
+        if most is not None and images.shape[0] > most:
+            raise OOM("CUDA out of memory. Tried to allocate 1.00 GiB (injected in validation)")
+        return original(self, images, input_ids, attention_mask, size)
+
+    monkeypatch.setattr(RISModel, "predict", predict)
+    return sizes
+
+
 def test_auto_micro_batch_halves_on_oom_and_matches_a_run_started_halved(
     prepared_tiny, store, reference, tmp_path, monkeypatch, caplog
 ):
     """Global batch 4, auto: step 1 runs 4 items at once, fails, and is redone as 2 x 2 accumulated; the run
     then equals the reference run (micro-batches of 2 from the start): same steps, weights, BN statistics."""
     sizes = patch_loss(monkeypatch, most=2)
+    val_sizes = patch_predict(monkeypatch)
     cfg = make_config(prepared_tiny, store, experiment="micro-auto", micro_batch_size="auto")
     out = tmp_path / "auto"
     with caplog.at_level(logging.INFO, logger="ris"):
         summary = train_here(cfg, out)
     assert sizes == [4] + [2] * 12  # one failed attempt, then 6 steps x 2 micro-batches: no step lost or doubled
     assert "out of memory at epoch 1 step 1 (global step 1): micro-batches of 2 now, 2 accumulated" in caplog.text
+    assert val_sizes == [2] * 36  # validation follows the halved micro-batch (36 val samples, 2 validations)
 
     ref, got = load_checkpoint(reference / "work" / "last.pt"), load_checkpoint(out / "work" / "last.pt")
     assert summary["global_step"] == got["global_step"] == ref["global_step"] == 6
@@ -85,6 +107,44 @@ def test_auto_micro_batch_of_one_out_of_memory_is_a_clear_error(prepared_tiny, s
     with pytest.raises(TrainingOOMError, match="micro-batches of 1") as e:
         train_here(cfg, tmp_path / "fail")
     assert sizes == [4, 2, 1] and "Even micro-batches of 1 do not fit" in str(e.value)
+
+
+def test_validation_follows_the_micro_batch_and_halves_on_oom(prepared_tiny, store, tmp_path, monkeypatch, caplog):
+    """auto, global batch 4: training runs micro-batches of 4 and so does validation (not 8); an injected
+    out-of-memory above 2 items in validation halves its batch and redoes it, with the metrics of a run
+    that had the memory, logged (line and MLflow ``val_batch_size``); training is not affected."""
+    cfg = make_config(prepared_tiny, store, experiment="val-oom", micro_batch_size="auto", epochs=1)
+    cfg["train"]["max_steps_per_epoch"] = 1
+    sizes = patch_predict(monkeypatch)
+    train_here(cfg, tmp_path / "fits")
+    assert sizes == [4] * 9  # 36 val samples in batches of the micro-batch in use
+
+    sizes = patch_predict(monkeypatch, most=2)
+    with caplog.at_level(logging.INFO, logger="ris"):
+        summary = train_here(cfg, tmp_path / "oom")
+    assert sizes == [4] + [2] * 18  # the failed batch redone in halves, the rest in halves from then on
+    assert "out of memory in the validation after epoch 1: batches of 2 now (the batch is redone)" in caplog.text
+    [oom_record], [fits_record] = history_metrics(tmp_path / "oom"), history_metrics(tmp_path / "fits")
+    assert oom_record == pytest.approx(fits_record, rel=1e-9) and oom_record["val_oIoU"] > 0
+    fits, oom = load_checkpoint(tmp_path / "fits" / "model.pt"), load_checkpoint(tmp_path / "oom" / "model.pt")
+    assert all(torch.equal(oom["model"][k], v) for k, v in fits["model"].items())
+    client, _ = mlflow_run(store, summary["mlflow_run_id"])
+    assert [(m.step, m.value) for m in client.get_metric_history(summary["mlflow_run_id"], "val_batch_size")] == [
+        (1, 2.0)
+    ]
+
+
+def test_validation_out_of_memory_with_a_fixed_micro_batch_is_a_clear_error(
+    prepared_tiny, store, tmp_path, monkeypatch
+):
+    from ris.training.train import TrainingOOMError
+
+    cfg = make_config(prepared_tiny, store, experiment="val-oom-fixed", epochs=1)  # micro_batch_size 2
+    cfg["train"]["max_steps_per_epoch"] = 1
+    sizes = patch_predict(monkeypatch, most=0)
+    with pytest.raises(TrainingOOMError, match="in the validation after epoch 1 with batches of 2") as e:
+        train_here(cfg, tmp_path / "fail")
+    assert sizes == [2] and "set train.micro_batch_size to auto" in str(e.value)
 
 
 def test_run_config_errors_name_the_missing_section_or_key():

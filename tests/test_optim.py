@@ -9,8 +9,7 @@ import torch
 
 from ris.interop.lavt import map_key
 from ris.models import ModelConfig, build_model
-from ris.training.optim import build_optimizer, lavt_official_groups
-from ris.training.train import poly_lambda
+from ris.training.optim import build_optimizer, lavt_official_groups, poly_lambda
 from tests import test_engine
 from tests.conftest import LAVT_REFERENCE
 

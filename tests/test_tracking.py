@@ -1,7 +1,9 @@
-"""MLflow tracking: retries on locks, 8 concurrent writers on one SQLite store, a real ``mlflow server``."""
+"""MLflow tracking: retries on locks, 8 concurrent writers on one SQLite store, a real ``mlflow server``, the
+loss terms per epoch."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -173,3 +175,37 @@ def test_training_logs_to_a_real_mlflow_server(mlflow_server, prepared_tiny, tmp
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss_step")) == [1, 2]
     assert "val_oIoU" in run.data.metrics and "best_val_oIoU" in run.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.json", "history.jsonl"}
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "terms"),
+    [
+        ("coupalign", {"aux_weight": 0.5, "query_layers": 1}, {"mask", "aux"}),
+        ("jmceln", {"num_stages": 2}, {"mask", "stage1", "stage2"}),
+    ],
+)
+def test_every_loss_term_is_logged_per_epoch(prepared_tiny, tmp_path, method, options, terms):  # noqa: F811
+    """Each term of the method's loss dict, averaged over the epoch's steps (2 accumulated micro-batches each),
+    is in every line of history.jsonl and an MLflow metric ``train_<term>`` per epoch (SQLite store)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    init_store(uri)
+    model = {"method": method, "num_masks": 4, "options": {"dice_weight": 1.0, **options}}
+    cfg = make_config(prepared_tiny, uri, experiment=f"terms-{method}", model=model, max_steps_per_epoch=2)
+    summary = train_here(cfg, tmp_path / "run")
+
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    client = MlflowClient(tracking_uri=uri)
+    for term in terms:
+        logged = client.get_metric_history(summary["mlflow_run_id"], f"train_{term}")
+        assert [(m.step, m.value) for m in sorted(logged, key=lambda m: m.step)] == [
+            (r["epoch"], pytest.approx(r[f"train_{term}"], rel=1e-12)) for r in history
+        ], term
+    for r in history:
+        assert {k[len("train_") :] for k in r if k.startswith("train_")} == {"loss"} | terms
+        if method == "coupalign":  # loss = mask + aux_weight * aux: the epoch means keep that sum
+            assert r["train_loss"] == pytest.approx(r["train_mask"] + 0.5 * r["train_aux"], rel=1e-6)
+        else:  # the last stage's mask loss is the mask term
+            assert r["train_mask"] == r[f"train_stage{options['num_stages']}"]

@@ -1,11 +1,13 @@
-"""Training: the loop (resume, the step, validation, logging), checkpoints, optimizers, DDP, MLflow.
+"""Training: the loop, the run it trains, what it reports; checkpoints, optimizers, DDP, preemption, MLflow.
 
 Stage 3 of the DAG (rule ``train``): imports data and models, never evaluation or report.
 
-Read top-down: :mod:`~ris.training.train` (``train`` -> ``fit`` -> ``train_epoch``/``end_epoch``) calls
-:mod:`~ris.training.run_config` (the run configuration's required keys), :mod:`~ris.training.run` (what
-a run is made of), :mod:`~ris.training.state` (``last.pt``, resume, preemption), :mod:`~ris.training.step`
-(one optimizer step: micro-batches, accumulation, autocast, non-finite loss, out-of-memory),
-:mod:`~ris.training.validation` (validation, ``best.pt``) and :mod:`~ris.training.run_log` (MLflow,
-``history.jsonl``, the published outputs).
+Read top-down from :func:`ris.training.train.train` (the loop: build, resume, epochs of optimizer steps,
+validation, checkpoints, publish). It uses :mod:`~ris.training.run_config` (what a run configuration must
+hold), :mod:`~ris.training.run` (what a run is made of, what ``last.pt`` and ``best.pt`` hold) and
+:mod:`~ris.training.run_log` (MLflow, ``history.jsonl``, the published outputs); below those, one concept
+each: :mod:`~ris.training.checkpoint`, :mod:`~ris.training.sampler`, :mod:`~ris.training.optim`,
+:mod:`~ris.training.ema`, :mod:`~ris.training.distributed`, :mod:`~ris.training.preemption`,
+:mod:`~ris.training.tracking`. :mod:`~ris.training.pretrain` is the demo's backbone pretraining, a job of
+its own.
 """

@@ -2,7 +2,7 @@
 
 ``ris train --nproc N`` (the Snakemake rule passes its ``gpu`` resource) runs one process when N <= 1 and
 otherwise re-launches itself under ``torchrun --standalone --nproc_per_node N`` (:func:`launch`); the
-workers read their rank from the environment torchrun sets (:func:`setup`). Only rank 0 writes files
+workers read their rank from the environment torchrun sets (:func:`process_group`). Only rank 0 writes files
 and talks to MLflow; every rank takes part in the collectives below, in the same order.
 """
 
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -76,21 +77,23 @@ def select_device(preference: str | None, local_rank: int = 0) -> torch.device:
     return torch.device(pref)
 
 
-def setup(device: torch.device) -> DistContext:
-    """Join the process group torchrun describes: NCCL for GPUs, gloo for the CPU (how it is tested)."""
+@contextlib.contextmanager
+def process_group(device: str | None) -> Iterator[tuple[DistContext, torch.device]]:
+    """This process's (rank context, device) for the duration; under torchrun it joins the process group
+    (NCCL for GPUs, gloo for the CPU: how it is tested) and leaves it at the end."""
     ctx = env_context()
+    dev = select_device(device, ctx.local_rank)
     if ctx.enabled and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
         log.info("rank %d/%d joined the %s process group", ctx.rank, ctx.world_size, backend)
-    return ctx
-
-
-def teardown(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        yield ctx, dev
+    finally:
+        if ctx.enabled and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:

@@ -12,8 +12,8 @@ groups of LAVT's official ``train.py`` (yz93/LAVT-RIS), the paper preset's choic
    layers are not optimised at all; :func:`build_optimizer` turns their gradients off, which gives the
    official weights (it computes and discards those gradients) without the work.
 
-The schedule is the same for both: poly decay per optimizer step, (1 - step / (steps_per_epoch *
-epochs)) ** 0.9 (:func:`ris.training.train.poly_lambda`).
+The schedule is the same for both: LAVT's poly decay per optimizer step, lr * (1 - step / (steps_per_epoch *
+epochs)) ** ``train.poly_power`` (0.9; :func:`poly_schedule`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "lavt_official_groups", "poly_lambda", "poly_schedule"]
 
 OPTIMIZERS = ("adamw", "lavt_official")
 
@@ -71,3 +73,15 @@ def build_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float)
             p.requires_grad_(False)
     groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
     return adamw([g for g in groups if g["params"]], lr, weight_decay)
+
+
+def poly_lambda(total_steps: int, power: float):
+    """LAVT's polynomial decay factor of optimizer step ``step``: (1 - step / total) ** power."""
+    return lambda step: max(0.0, 1.0 - step / max(1, total_steps)) ** power
+
+
+def poly_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, power: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule of both optimizers, stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total_steps, power))

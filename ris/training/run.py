@@ -1,10 +1,26 @@
-"""What one training attempt is made of: data, model, optimizer, schedule, and where its progress stands.
+"""A training run: what one attempt is made of (:func:`build_run`) and what it keeps on disk to resume.
 
-:func:`build_run` turns a checked run configuration into a :class:`Run`: the datasets, the model (DDP
-wrapped under torchrun), AdamW with the poly schedule, the grad scaler, and a :class:`TrainState` restored
-from ``work/last.pt`` when a previous attempt left one. The loop (:mod:`ris.training.train`) and its pieces
-(:mod:`~ris.training.step`, :mod:`~ris.training.validation`, :mod:`~ris.training.state`,
-:mod:`~ris.training.run_log`) read and update it.
+:func:`build_run` turns a checked run configuration into a :class:`Run`: the datasets, the model, AdamW with
+the poly schedule, the grad scaler and a fresh :class:`TrainState`; :func:`restore` then loads
+``work/last.pt`` when a previous attempt left one. :func:`resume_state` and :func:`best_state` say what
+``last.pt`` and ``best.pt`` hold. The loop that reads and updates the run is :mod:`ris.training.train`.
+
+Layout of a run directory::
+
+    config.json           resolved run configuration (also inside every checkpoint)
+    work/last.pt          everything needed to resume exactly (atomic; every epoch and every K steps)
+    work/best.pt          best model by validation oIoU
+    work/history.jsonl    one JSON line of metrics per epoch
+    work/mlflow_run.json  the MLflow run id, for an attempt killed before its first last.pt
+    work/preempted.json   written when a signal stopped the run (the launcher's cue for exit status 75)
+    model.pt              published copy of work/best.pt when training completes (the Snakemake output):
+                          weights, run config, vocabulary (or the pretrained tokenizer's name); no optimizer
+    history.jsonl         published copy of work/history.jsonl
+
+Once ``model.pt`` and ``history.jsonl`` are published, ``work/`` is deleted (``last.pt`` alone is ~3x the
+weights; ``train.keep_work: true`` keeps it). A failed, killed or preempted run never gets there, so its
+``work/`` stays and the next attempt resumes from it: same step, weights, optimizer, scheduler, scaler, RNG
+states, data position, micro-batch size and MLflow run.
 """
 
 from __future__ import annotations
@@ -21,44 +37,20 @@ from ris.data.prepare import read_split
 from ris.data.tokenizer import build_vocab, load_tokenizer
 from ris.models import ModelConfig, build_model
 from ris.training import distributed as ddp
+from ris.training.checkpoint import rng_state, set_rng_state
 from ris.training.ema import WeightEMA, build_ema
-from ris.training.optim import build_optimizer
+from ris.training.optim import build_optimizer, poly_schedule
 from ris.training.preemption import StopRequest, marker_path
 from ris.training.sampler import plan_batches
-from ris.training.tracking import Tracker
+from ris.training.tracking import Tracker, flatten
 from ris.utils import seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "TrainState", "build_run", "build_tokenizer", "poly_lambda", "resolve_precision"]
-
-
-def poly_lambda(total_steps: int, power: float):
-    """LAVT's polynomial decay: lr * (1 - step / total) ** power."""
-    return lambda step: max(0.0, 1.0 - step / max(1, total_steps)) ** power
-
-
-def resolve_precision(name: str | None, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on the CPU; explicit values stay."""
-    name = (name or "auto").lower()
-    if name not in ("auto", "bf16", "fp16", "fp32"):
-        raise ValueError(f"train.precision: {name!r} is not one of auto, bf16, fp16, fp32")
-    if name == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if name == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision fp16 (with a grad scaler) needs CUDA; use bf16 or fp32 on the CPU")
-    return name
-
-
-def build_tokenizer(cfg: dict[str, Any], train_sentences: list[str]):
-    """Pretrained tokenizer when a pretrained text encoder is named, else one built from the train split."""
-    pretrained = cfg["model"].get("pretrained_text")
-    if pretrained:
-        return load_tokenizer(pretrained, None), None
-    vocab = build_vocab(train_sentences)
-    return load_tokenizer(None, vocab), vocab
+__all__ = [
+    "ENGINE_KEYS", "Run", "TrainState", "best_state", "build_run", "config_changes", "resolve_precision",
+    "restore", "resume_state", "wrap_for_processes",
+]  # fmt: skip
 
 
 @dataclass
@@ -69,6 +61,7 @@ class TrainState:
     step: int = 0  # optimizer steps done in the current epoch
     global_step: int = 0
     epoch_losses: list[float] = field(default_factory=list)  # per step of the current epoch
+    epoch_terms: dict[str, list[float]] = field(default_factory=dict)  # other loss terms, per step of the epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
     pending: list[list[float]] = field(default_factory=list)  # [global_step, loss, lr] not yet sent to MLflow
     best: float = -1.0  # best validation oIoU so far
@@ -76,7 +69,7 @@ class TrainState:
 
 @dataclass
 class Run:
-    """One training attempt (fresh or resumed); see :mod:`ris.training.train`."""
+    """One training attempt (fresh or resumed): configuration, data, model, optimizer and where it stands."""
 
     cfg: dict[str, Any]
     out_dir: Path
@@ -100,7 +93,7 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     model: torch.nn.Module | None = None  # what the step calls: ``core``, or its DDP wrapper
     bn_stats: ddp.BatchNormStatsMerger | None = None
-    tracker: Tracker | None = None
+    tracker: Tracker | None = None  # rank 0 only
     ema: WeightEMA | None = None  # train.ema_decay: averages of the trainable weights (validation, best.pt)
 
     @property
@@ -147,6 +140,9 @@ class Run:
         (log.info if self.ctx.is_main else log.debug)(msg, *args)
 
 
+# ------------------------------------------------------------------------------------------------ build
+
+
 def build_run(
     cfg: dict[str, Any], out_dir: Path, dev: torch.device, ctx: ddp.DistContext, stop: StopRequest, progress: bool
 ) -> Run:
@@ -191,10 +187,7 @@ def build_run(
     if tcfg.get("channels_last", False):
         core = core.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(core, tcfg.get("optimizer", "adamw"), float(tcfg["lr"]), float(tcfg["weight_decay"]))
-    total_steps = int(tcfg["epochs"]) * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_lambda(total_steps, float(tcfg.get("poly_power", 0.9)))
-    )
+    scheduler = poly_schedule(optimizer, int(tcfg["epochs"]) * steps_per_epoch, float(tcfg.get("poly_power", 0.9)))
     return Run(
         cfg=cfg, out_dir=out_dir, dev=dev, ctx=ctx, stop=stop, show_progress=progress and ctx.is_main,
         precision=precision, vocab=vocab, vocab_size=vocab_size, train_ds=train_ds, val_ds=val_ds,
@@ -203,6 +196,29 @@ def build_run(
         scaler=torch.amp.GradScaler(dev.type, enabled=precision == "fp16"),
         ema=build_ema(core, tcfg.get("ema_decay")),  # after build_optimizer: it decides what is trainable
     )  # fmt: skip
+
+
+def resolve_precision(name: str | None, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on the CPU; explicit values stay."""
+    name = (name or "auto").lower()
+    if name not in ("auto", "bf16", "fp16", "fp32"):
+        raise ValueError(f"train.precision: {name!r} is not one of auto, bf16, fp16, fp32")
+    if name == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision fp16 (with a grad scaler) needs CUDA; use bf16 or fp32 on the CPU")
+    return name
+
+
+def build_tokenizer(cfg: dict[str, Any], train_sentences: list[str]):
+    """Pretrained tokenizer when a pretrained text encoder is named, else one built from the train split."""
+    pretrained = cfg["model"].get("pretrained_text")
+    if pretrained:
+        return load_tokenizer(pretrained, None), None
+    vocab = build_vocab(train_sentences)
+    return load_tokenizer(None, vocab), vocab
 
 
 def wrap_for_processes(run: Run) -> None:
@@ -216,3 +232,115 @@ def wrap_for_processes(run: Run) -> None:
             **ddp.no_buffer_broadcast(),  # BatchNormStatsMerger keeps the ranks' statistics identical
         )
     run.bn_stats = ddp.BatchNormStatsMerger(run.core, run.ctx, run.accum)
+
+
+# ---------------------------------------------------------------------------------- last.pt and best.pt
+
+# Settings that change how, not what, a run trains: resuming with other values is expected (e.g. more GPUs).
+ENGINE_KEYS = frozenset(
+    {
+        "device",
+        "precision",
+        "channels_last",
+        "gpus",
+        "num_workers",
+        "checkpoint_every_steps",
+        "log_every_steps",
+        "keep_work",
+    }
+)
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two run configurations (tracking and engine keys aside)."""
+    a = flatten({k: v for k, v in old.items() if k != "tracking"})
+    b = flatten({k: v for k, v in new.items() if k != "tracking"})
+    return sorted(
+        k for k in set(a) | set(b) if a.get(k) != b.get(k) and not (k.startswith("train.") and k[6:] in ENGINE_KEYS)
+    )
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> str | None:
+    """Load a ``last.pt`` into ``run``; return its MLflow run id."""
+    changed = config_changes(ckpt.get("config", {}), run.cfg)
+    if changed:
+        log.warning("resuming with a changed configuration (%s): results may differ", ", ".join(changed))
+    run.core.load_checkpoint_state(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None and ckpt.get("ema"):
+        run.ema.load_state_dict(ckpt["ema"])
+    elif run.ema is not None:  # EMA turned on for a resumed run: it starts from the restored weights
+        run.ema = build_ema(run.core, run.ema.decay)
+    set_rng_state(ckpt["rng"])
+    s = run.state
+    if "epochs_done" in ckpt:
+        s.epochs_done, s.step = int(ckpt["epochs_done"]), int(ckpt["step"])
+    else:  # an older last.pt, written at the end of epoch ``epoch``
+        s.epochs_done, s.step = int(ckpt["epoch"]) + 1, 0
+    s.global_step = int(ckpt.get("global_step", s.epochs_done * run.steps_per_epoch + s.step))
+    s.epoch_losses = [float(x) for x in ckpt.get("epoch_losses", [])]
+    s.epoch_terms = {k: [float(x) for x in v] for k, v in ckpt.get("epoch_terms", {}).items()}
+    s.history = list(ckpt.get("history", []))
+    s.pending = [list(x) for x in ckpt.get("pending", [])]
+    s.best = float(ckpt["best_val_oIoU"])
+    if run.auto_micro and ckpt.get("micro_batch_size"):  # keep the size an out-of-memory error led to
+        run.set_micro(int(ckpt["micro_batch_size"]))
+    run.log(
+        "resuming %s at epoch %d step %d (global step %d), micro-batches of %d",
+        run.cfg["run"], s.epochs_done + 1, s.step, s.global_step, run.micro,
+    )  # fmt: skip
+    return ckpt.get("mlflow_run_id")
+
+
+def resume_state(run: Run) -> dict[str, Any]:
+    """What ``last.pt`` holds: everything :func:`restore` needs to continue exactly."""
+    s = run.state
+    return {
+        "config": run.cfg,
+        "vocab": run.vocab,
+        "vocab_size": run.vocab_size,
+        "epoch": s.epochs_done,
+        "epochs_done": s.epochs_done,
+        "step": s.step,
+        "global_step": s.global_step,
+        "steps_per_epoch": run.steps_per_epoch,
+        "micro_batch_size": run.micro,
+        "epoch_losses": list(s.epoch_losses),
+        "epoch_terms": {k: list(v) for k, v in s.epoch_terms.items()},
+        "history": list(s.history),
+        "pending": list(s.pending),
+        "model": raw_weights(run),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": rng_state(),
+        "best_val_oIoU": s.best,
+        "world_size": run.ctx.world_size,
+        "mlflow_run_id": run.tracker.run_id if run.tracker else None,
+    }
+
+
+def raw_weights(run: Run) -> dict[str, Any]:
+    """The model's own weights (not the EMA's, also while validation has the averages applied)."""
+    state = run.core.checkpoint_state()
+    return run.ema.raw(state) if run.ema is not None else state
+
+
+def best_state(run: Run, epoch: int, val: dict[str, float]) -> dict[str, Any]:
+    """What ``best.pt`` (and so ``model.pt``) holds: the weights validated, the EMA ones when it is on."""
+    model = run.core.checkpoint_state()
+    return {
+        "config": run.cfg,
+        "vocab": run.vocab,
+        "vocab_size": run.vocab_size,
+        "epoch": epoch,
+        "global_step": run.state.global_step,
+        "model": run.ema.averaged(model) if run.ema is not None else model,
+        "val": val,
+        "best_val_oIoU": run.state.best,
+        "mlflow_run_id": run.tracker.run_id if run.tracker else None,
+    }

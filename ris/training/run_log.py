@@ -22,7 +22,16 @@ from ris.utils import atomic_path, read_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
-__all__ = ["flush_pending", "log_epoch", "log_micro_batch", "log_step", "mark_failed", "open_tracker", "publish"]
+__all__ = [
+    "flush_pending",
+    "log_epoch",
+    "log_micro_batch",
+    "log_step",
+    "log_val_batch",
+    "mark_failed",
+    "open_tracker",
+    "publish",
+]
 
 
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -78,6 +87,18 @@ def log_micro_batch(run: Run, epoch: int, reason: str) -> None:
     if run.tracker:
         run.tracker.set_tags(_batch_tags(run))
         run.tracker.log_metrics({"micro_batch_size": run.micro}, step=run.state.global_step)
+
+
+def log_val_batch(run: Run, epoch: int, size: int) -> None:
+    """Validation ran out of memory (``micro_batch_size: auto``): a log line on the rank it happened on, and
+    (rank 0) the MLflow metric ``val_batch_size`` at the epoch."""
+    where = f" on rank {run.ctx.rank}" if run.ctx.enabled else ""
+    log.warning(
+        "%s: out of memory in the validation after epoch %d%s: batches of %d now (the batch is redone)",
+        run.cfg["run"], epoch + 1, where, size,
+    )  # fmt: skip
+    if run.tracker:
+        run.tracker.log_metrics({"val_batch_size": size}, step=epoch + 1)
 
 
 def flush_pending(run: Run) -> None:
