@@ -218,6 +218,24 @@ def all_runs(config: dict) -> list[RunKey]:
     return sorted({k for t in config["tables"] for k in table_runs(config, t)})
 
 
+def mask_figure_runs(config: dict) -> dict[str, RunKey]:
+    """method -> the run whose mask hypotheses its figure shows (``mask_diagnostics.figures``): the grid's run of
+    that method, backbone and N (first seed, first dataset in run order); an error names an entry no run matches."""
+    runs = all_runs(config)
+    seed = config["seeds"][0]
+    out = {}
+    for method, want in (config.get("mask_diagnostics") or {}).get("figures", {}).items():
+        n = int(want.get("num_masks", 0))
+        match = [k for k in runs if (k.method, k.backbone, k.num_masks, k.seed) == (method, want["backbone"], n, seed)]
+        if not match:
+            raise ValueError(
+                f"config.yaml: mask_diagnostics.figures.{method}: no run of the tables is {method} on "
+                f"{want['backbone']} with num_masks {n} and seed {seed}"
+            )
+        out[method] = match[0]
+    return out
+
+
 def evaluations(config: dict) -> list[tuple[RunKey, str]]:
     """Unique (run, split) evaluations over all tables."""
     pairs = set()

@@ -234,6 +234,12 @@ QUERY_DECODER_OPTIONS: tuple[Option, ...] = (
     Option("dropout", float, 0.0, "dropout in the query decoder", ge=0, lt=1),
 )
 
+#: The losses that make N masks N object hypotheses (``ris.models.losses.hypothesis_losses``).
+HYPOTHESIS_OPTIONS: tuple[Option, ...] = (
+    Option("proposal_weight", float, 0.0, "weight of the masks' matching to the image's objects", ge=0),
+    Option("selection_weight", float, 0.0, "weight of the sentence picking the referred object's mask", ge=0),
+)
+
 # ------------------------------------------------------------------------------------ declarations: train
 
 #: The ``train:`` keys (``scales.<scale>.train``, ``methods.<m>.train``, a run config's ``train``).

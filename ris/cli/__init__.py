@@ -19,6 +19,7 @@ ris/cli/report.py      (workflow/rules/report.smk, stats.smk)
     ris tables             a paper table from metrics.json files and published numbers (CSV, Markdown, LaTeX, HTML)
     ris plot               a table's figures (precision, num_masks, training, qualitative; PNG and PDF)
     ris expression-types   mIoU and RefAcc per expression type of the synthetic sentences (demo)
+    ris mask-diagnostics   are the N masks N hypotheses? the table of the runs' diagnostics, or a run's figure
     ris job-costs          seconds and max RSS per rule, from every job's Snakemake `benchmark:` file
     ris runs               list the runs of the MLflow store (method, backbone, N, dataset, status, metrics)
 

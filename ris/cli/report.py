@@ -1,5 +1,5 @@
 """Sub-commands of the report stage (``workflow/rules/report.smk``, ``stats.smk``): tables, plot,
-expression-types, job-costs, and runs (the MLflow runs as a table, for a person)."""
+expression-types, mask-diagnostics, job-costs, and runs (the MLflow runs as a table, for a person)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,33 @@ def _expression_types(a: argparse.Namespace) -> None:
         plot_expression_types(df, [Path(p) for p in a.out_plot], a.caption)
 
 
+def add_mask_diagnostics(sub: Subparsers) -> None:
+    s = sub.add_parser("mask-diagnostics", help="are the N masks N hypotheses? the table of runs, or a run's figure")
+    s.add_argument("what", choices=["table", "plot"])
+    s.add_argument("--eval-dirs", nargs="*", default=[], help="table: evaluation folders (<split>/*.json)")
+    s.add_argument("--out-csv", help="table: CSV to write")
+    s.add_argument("--out-md", help="table: Markdown to write")
+    s.add_argument("--diagnostics", help="plot: a run's <split>/mask_diagnostics.json")
+    s.add_argument("--split-table", help="plot: the prepared <split>.parquet it was measured on")
+    s.add_argument("--images", help="plot: the dataset's image folder")
+    s.add_argument("--out", nargs="*", default=[], help="plot: figure files (.png, .pdf)")
+    s.set_defaults(fn=_mask_diagnostics)
+
+
+def _mask_diagnostics(a: argparse.Namespace) -> None:
+    if a.what == "table":
+        from ris.evaluation.mask_diagnostics import DIAGNOSTICS_FILE
+        from ris.report.mask_diagnostics import write_diagnostics_table
+
+        files = sorted(f for d in a.eval_dirs for f in Path(d).glob(f"*/{DIAGNOSTICS_FILE}"))
+        write_diagnostics_table(files, Path(a.out_csv), Path(a.out_md))
+        print(f"{len(files)} run(s) with mask hypotheses -> {a.out_csv}, {a.out_md}")
+    else:
+        from ris.report.mask_diagnostics import plot_hypotheses
+
+        plot_hypotheses(Path(a.diagnostics), Path(a.split_table), Path(a.images), [Path(o) for o in a.out])
+
+
 def add_job_costs(sub: Subparsers) -> None:
     s = sub.add_parser("job-costs", help="seconds and max RSS per rule, from every job's Snakemake benchmark file")
     s.add_argument("--dir", default="results/job_costs", help="the rules' `benchmark:` folder")
@@ -164,4 +191,4 @@ def _runs(a: argparse.Namespace) -> None:
     sys.stdout.write(format_runs(df, a.format, wide=a.wide))
 
 
-COMMANDS = (add_tables, add_plot, add_expression_types, add_job_costs, add_runs)
+COMMANDS = (add_tables, add_plot, add_expression_types, add_mask_diagnostics, add_job_costs, add_runs)

@@ -13,6 +13,10 @@ that is about 1.6x the samples/s of the former all-Pillow + NumPy item at 480 px
 * Evaluation mode: one item per (ref, sentence) row, the protocol's sample.
 * Training mode: one item per ref with one of its sentences drawn per epoch (as LAVT's loader does),
   deterministically from (seed, epoch, ref) so an interrupted and resumed run sees the same data.
+* Instance targets (methods whose N masks are object hypotheses: ``RISModel.uses_instances``): after
+  :meth:`ReferSplit.attach_instances` (``instances.parquet`` of the prepared dataset), an item also carries
+  every object of its image as a mask at the model's mask resolution, padded to the most objects of any image
+  of the split, their count, and which of them the sentence refers to.
 """
 
 from __future__ import annotations
@@ -115,6 +119,18 @@ class ReferSplit(Dataset):
         # Rows of each ref, in table order: a training item is a ref.
         groups = self.table.groupby("ref_id", sort=False).indices
         self.ref_rows = [np.asarray(rows) for rows in groups.values()]
+        self._objects: dict[int, list[tuple[int, str]]] | None = None
+
+    def attach_instances(self, instances: pd.DataFrame, instance_size: int | None = None) -> None:
+        """From now on, items carry their image's objects (:meth:`instance_targets`) at ``instance_size``
+        (default: a quarter of the image size, the resolution of every method's mask logits)."""
+        self.instance_size = instance_size or self.image_size // 4
+        images = set(self.table["image_id"].astype(int))
+        inst = instances[instances["image_id"].isin(images)]
+        self._objects = {int(i): list(zip(g["ann_id"].astype(int), g["rle"])) for i, g in inst.groupby("image_id")}
+        self.max_objects = max((len(v) for v in self._objects.values()), default=0) or 1
+        self._image_ids = self.table["image_id"].astype(int).tolist()
+        self._ann_ids = self.table["ann_id"].astype(int).tolist()
 
     def set_epoch(self, epoch: int) -> None:
         """Select which sentence of each ref the training items use in this epoch."""
@@ -134,10 +150,31 @@ class ReferSplit(Dataset):
         i = self.row_index(index)
         image = load_image(self.images_dir / self._files[i], self.image_size)
         mask = decode_rle(self._rles[i], self._heights[i], self._widths[i])
-        return {
+        item = {
             "image": image,
             "input_ids": self.input_ids[i],
             "attention_mask": self.attention[i],
             "target": resize_mask(mask, self.image_size),
             "row": torch.tensor(i),
+        }
+        if self._objects is not None:
+            item.update(self.instance_targets(i))
+        return item
+
+    def instance_targets(self, i: int) -> dict[str, torch.Tensor]:
+        """Row ``i``'s image objects: ``instances`` (max_objects, s, s) uint8 (padded with empty masks),
+        ``num_instances`` and ``target_instance`` (the referred object's index; -1 if it is not among them)."""
+        assert self._objects is not None
+        objects = self._objects.get(self._image_ids[i], [])
+        s = self.instance_size
+        out = torch.zeros(self.max_objects, s, s, dtype=torch.uint8)
+        target = -1
+        for k, (ann_id, rle) in enumerate(objects):
+            out[k] = resize_mask(decode_rle(rle, self._heights[i], self._widths[i]), s)
+            if ann_id == self._ann_ids[i]:
+                target = k
+        return {
+            "instances": out,
+            "num_instances": torch.tensor(len(objects)),
+            "target_instance": torch.tensor(target),
         }

@@ -47,8 +47,7 @@ def check_images(images_dir: Path, file_names: list[str], show: int = 5) -> None
     if missing:
         head = ", ".join(missing[:show])
         raise MissingImagesError(
-            f"{len(missing)} of {len(set(file_names))} referenced images are missing from {images_dir} "
-            f"(first: {head})"
+            f"{len(missing)} of {len(set(file_names))} referenced images are missing from {images_dir} (first: {head})"
         )
 
 
@@ -87,6 +86,36 @@ def split_table(ds: ReferDataset, split: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+INSTANCE_COLUMNS = ("image_id", "ann_id", "category_id", "area", "rle")
+
+
+def instances_table(ds: ReferDataset, image_ids: set[int]) -> pd.DataFrame:
+    """Every annotation (object instance) of the given images, its mask as a COCO RLE string.
+
+    The objects of an image that a ref does not name are what mask proposals learn to hypothesize
+    (CoupAlign's N masks, EAVL's queries: :mod:`ris.models.proposals`); crowd regions are left out.
+    """
+    rows: dict[str, list] = {c: [] for c in INSTANCE_COLUMNS}
+    for ann in ds.anns.values():
+        image_id = int(ann["image_id"])
+        if image_id not in image_ids or ann.get("iscrowd", 0):
+            continue
+        img = ds.images[image_id]
+        try:
+            rle = annotation_rle(ann["segmentation"], int(img["height"]), int(img["width"]))
+        except (ReferFormatError, TypeError, ValueError, KeyError) as e:
+            raise ReferFormatError(
+                f"{ds.instances_path}: annotation {ann['id']}: field 'segmentation' could not be decoded ({e})"
+            ) from None
+        counts = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+        rows["image_id"].append(image_id)
+        rows["ann_id"].append(int(ann["id"]))
+        rows["category_id"].append(int(ann.get("category_id", -1)))
+        rows["area"].append(int(mask_utils.area(rle)))
+        rows["rle"].append(counts)
+    return pd.DataFrame(rows, columns=list(INSTANCE_COLUMNS)).sort_values(["image_id", "ann_id"], ignore_index=True)
+
+
 def prepare(
     refer_dir: Path,
     split_by: str,
@@ -94,7 +123,8 @@ def prepare(
     out_dir: Path,
     images_dir: Path | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Write ``<out_dir>/<split>.parquet`` for every split and a ``summary.json``; return the counts."""
+    """Write ``<out_dir>/<split>.parquet`` for every split, ``instances.parquet`` (every object instance of
+    their images) and a ``summary.json``; return the counts."""
     ds = ReferDataset.load(Path(refer_dir), split_by)
     tables = {split: split_table(ds, split) for split in splits}
     empty = [s for s, t in tables.items() if t.empty]
@@ -113,9 +143,32 @@ def prepare(
             "sentences": len(table),
             "images": int(table["image_id"].nunique()),
         }
+    image_ids = {int(i) for t in tables.values() for i in t["image_id"].unique()}
+    with atomic_path(out_dir / "instances.parquet") as tmp:
+        instances_table(ds, image_ids).to_parquet(tmp, index=False)
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def split_tables(prepared_dir: Path) -> list[Path]:
+    """The ``<split>.parquet`` tables of a prepared dataset, as its ``summary.json`` lists them."""
+    summary = Path(prepared_dir) / "summary.json"
+    if not summary.is_file():
+        raise FileNotFoundError(f"{summary}: not found; run `ris prepare` (or snakemake) first")
+    return [Path(prepared_dir) / f"{split}.parquet" for split in json.loads(summary.read_text())]
+
+
+def read_instances(prepared_dir: Path) -> pd.DataFrame:
+    """Read ``instances.parquet`` of a prepared dataset, with a clear error when it is missing."""
+    path = Path(prepared_dir) / "instances.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: instance table not found; re-run `ris prepare` (or snakemake)")
+    table = pd.read_parquet(path)
+    missing = [c for c in INSTANCE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ReferFormatError(f"{path}: missing column(s) {', '.join(missing)}; re-run `ris prepare`")
+    return table
 
 
 def read_split(path: Path) -> pd.DataFrame:

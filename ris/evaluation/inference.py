@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ris.data.dataset import ReferSplit
-from ris.data.prepare import read_split
+from ris.data.prepare import read_instances, read_split
+from ris.evaluation.mask_diagnostics import DIAGNOSTICS_FILE, write_mask_diagnostics
 from ris.evaluation.results import write_results
 from ris.metrics import IoUAccumulator
 from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -150,6 +151,20 @@ def evaluate_splits(
         results[split] = write_results(
             Path(out_dir) / split, {**header, "split": split}, tables[split], rows, inter, union, masks, size
         )
+    diagnostics = None
+    if model.has_mask_hypotheses:  # are its N masks N hypotheses? (ris/evaluation/mask_diagnostics.py)
+        split = "val" if "val" in datasets else splits[0]
+        ds = datasets[split]
+        ds.attach_instances(read_instances(Path(prepared_dir)))
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        with inference_autocast(dev, precision):
+            diagnostics = write_mask_diagnostics(
+                Path(out_dir) / split / DIAGNOSTICS_FILE,
+                {**header, "split": split, "image_size": size},
+                model,
+                loader,
+                dev,
+            )
     run_id = ckpt.get("mlflow_run_id")
     if log_mlflow and run_id:
         from ris.training.tracking import Tracker
@@ -158,5 +173,8 @@ def evaluate_splits(
         for split, result in results.items():
             tracker.log_metrics({f"{split}/{k}": v for k, v in result["metrics"].items() if not np.isnan(v)})
             tracker.log_artifact(Path(out_dir) / split / "metrics.json", artifact_path=f"eval/{split}")
+        if diagnostics is not None:
+            split = diagnostics["split"]
+            tracker.log_metrics({f"{split}/masks_{k}": v for k, v in diagnostics["metrics"].items()})
         tracker.finish()
     return results

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ris.models.backbones import load_pretrained_file, recomputed
-from ris.models.blocks import QueryDecoder, TopDownDecoder
-from ris.models.losses import dice_loss, resize_logits, weighted_bce
+from ris.models.blocks import MaskHypotheses, QueryDecoder, TopDownDecoder
+from ris.models.losses import InstanceTargets, dice_loss, hypothesis_losses, resize_logits, weighted_bce
 from ris.models.registry import BACKBONES, TEXT_ENCODERS, lookup
 from ris.options import MODEL_OPTIONS, Option, resolve
 
@@ -179,9 +179,7 @@ class RISModel(nn.Module):
             outs.append(out)
         return outs, words
 
-    def forward(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         raise NotImplementedError
 
     def forward_words(self, images: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> dict[str, Any]:
@@ -206,7 +204,37 @@ class RISModel(nn.Module):
             loss = loss + dice_weight * dice_loss(logits, target)
         return loss
 
-    def loss(self, outputs: dict[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    #: Weights of the mask-hypothesis losses (:func:`ris.models.losses.hypothesis_losses`), which methods with a
+    #: :class:`ris.models.blocks.MaskHypotheses` head set from their options ``proposal_weight``, ``selection_weight``.
+    proposal_weight: float = 0.0
+    selection_weight: float = 0.0
+
+    @property
+    def has_mask_hypotheses(self) -> bool:
+        """Whether ``forward`` returns N masks, their weights and queries (``masks``, ``mask_weights``, ``queries``:
+        :class:`ris.models.blocks.MaskHypotheses`), which ``ris evaluate`` then diagnoses."""
+        return any(isinstance(m, MaskHypotheses) for m in self.modules())
+
+    @property
+    def uses_instances(self) -> bool:
+        """Whether :meth:`loss` needs the image's objects (``instances``: :class:`ris.models.losses.InstanceTargets`);
+        training then loads ``instances.parquet`` and passes them."""
+        return self.proposal_weight > 0 or self.selection_weight > 0
+
+    def add_hypothesis_losses(
+        self, losses: dict[str, torch.Tensor], outputs: dict[str, Any], instances: InstanceTargets | None
+    ) -> dict[str, torch.Tensor]:
+        """``losses`` plus the weighted proposal and selection losses of the outputs' mask hypotheses (and the
+        two terms, detached, for the logs); unchanged when both weights are 0."""
+        if not self.uses_instances:
+            return losses
+        if instances is None:
+            raise ValueError(f"{self.cfg.method}: proposal_weight / selection_weight > 0 need instance targets")
+        h = hypothesis_losses(outputs["masks"], outputs["mask_weight_logits"], outputs["objectness"], instances)
+        total = losses["loss"] + self.proposal_weight * h["proposal"] + self.selection_weight * h["selection"]
+        return {**losses, "loss": total, **{k: v.detach() for k, v in h.items()}}
+
+    def loss(self, outputs: dict[str, Any], target: torch.Tensor, instances: Any = None) -> dict[str, torch.Tensor]:
         """Default: the mask loss on the final logits."""
         loss = self.mask_loss(outputs["logits"], target)
         return {"loss": loss, "mask": loss.detach()}

@@ -80,9 +80,7 @@ class PixelWordAttention(nn.Module):
     the official module. With ``"none"`` the layer is an ``nn.Identity``, so parameter names do not change.
     """
 
-    def __init__(
-        self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0, lang_norm: str = "instance"
-    ):
+    def __init__(self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0, lang_norm: str = "instance"):
         super().__init__()
         if lang_norm not in ("instance", "none"):
             raise ValueError(f"lang_norm must be 'instance' or 'none', got {lang_norm!r}")
@@ -339,9 +337,7 @@ class DynamicMaskHead(nn.Module):
     classifier instead of growing with the width; the bias output starts at zero for every query.
     """
 
-    def __init__(
-        self, q_dim: int, pixel_dim: int, layers: int = 1, bias: bool = True, hidden: int | None = None
-    ):
+    def __init__(self, q_dim: int, pixel_dim: int, layers: int = 1, bias: bool = True, hidden: int | None = None):
         super().__init__()
         self.pixel_dim = pixel_dim
         self.bias = bias
@@ -363,6 +359,62 @@ class DynamicMaskHead(nn.Module):
 def weighted_mask_sum(masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Aggregate per-query mask logits (B, N, h, w) with weights (B, N) into (B, 1, h, w)."""
     return torch.einsum("bnhw,bn->bhw", masks, weights).unsqueeze(1)
+
+
+class MaskHypotheses(nn.Module):
+    """N query embeddings -> N masks, how much each is an object, and the weights the prediction sums them with.
+
+    The head that CoupAlign (sentence-mask alignment), EAVL (multi-mask generator + multi-query estimator) and
+    JMCELN (contextual masks) share: masks from a :class:`DynamicMaskHead`; weight logits either the scaled dot
+    product of each query with a sentence embedding (``scorer`` None) or a learned score of the query alone
+    (``scorer``, e.g. EAVL's estimator MLP); weights = softmax over the N; prediction = the weighted sum of the
+    mask logits (:func:`weighted_mask_sum`); and one objectness logit per mask (a linear map of its query), which
+    :func:`ris.models.losses.hypothesis_losses` trains with the masks' matching to the image's objects.
+    """
+
+    def __init__(
+        self,
+        q_dim: int,
+        pixel_dim: int,
+        mask_layers: int = 1,
+        bias: bool = True,
+        scorer: nn.Module | None = None,
+        pooled_temperature: float | None = None,
+    ):
+        super().__init__()
+        self.mask_head = DynamicMaskHead(q_dim, pixel_dim, layers=mask_layers, bias=bias)
+        self.scorer = scorer
+        self.pooled_temperature = pooled_temperature
+        self.objectness = nn.Linear(q_dim, 1)
+
+    def forward(
+        self, queries: torch.Tensor, pixels: torch.Tensor, sentence: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``logits`` (B, 1, h, w), ``masks`` (B, N, h, w), ``mask_weights`` and ``mask_weight_logits``
+        (B, N), ``objectness`` (B, N) and the ``queries`` (B, N, D) themselves."""
+        masks = self.mask_head(queries, pixels)
+        if self.pooled_temperature is not None:
+            # each mask's pixels, pooled, against the sentence: cosine / temperature
+            pooled = torch.einsum("bnhw,bchw->bnc", masks.sigmoid(), pixels) / (
+                masks.sigmoid().sum((2, 3))[..., None] + 1e-6
+            )
+            scores = torch.einsum("bnc,bc->bn", F.normalize(pooled, dim=-1), F.normalize(sentence, dim=-1))
+            scores = scores / self.pooled_temperature
+        elif self.scorer is None:
+            if sentence is None:
+                raise ValueError("MaskHypotheses without a scorer weighs the masks by a sentence embedding")
+            scores = torch.einsum("bnd,bd->bn", queries, sentence) / queries.shape[-1] ** 0.5
+        else:
+            scores = self.scorer(queries).squeeze(-1)
+        weights = torch.softmax(scores, dim=1)
+        return {
+            "logits": weighted_mask_sum(masks, weights),
+            "masks": masks,
+            "mask_weights": weights,
+            "mask_weight_logits": scores,
+            "objectness": self.objectness(queries).squeeze(-1),
+            "queries": queries,
+        }
 
 
 def mask_pool(feats: torch.Tensor, prob: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:

@@ -38,32 +38,23 @@ Our reading (choices the text we followed does not pin down; options in brackets
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from ris.models.base import ModelConfig, RISModel
-from ris.models.blocks import (
-    AttentionLayer,
-    DynamicMaskHead,
-    flatten_hw,
-    masked_mean,
-    weighted_mask_sum,
-)
+from ris.models.blocks import AttentionLayer, MaskHypotheses, flatten_hw, masked_mean
 from ris.models.lavt import PWAMFusion
-from ris.models.losses import pixel_sentence_contrast
+from ris.models.losses import InstanceTargets, pixel_sentence_contrast
 from ris.models.registry import register_method
-from ris.options import HIDDEN_DIM, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option
+from ris.options import HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option
 
 
 class WordPixelAlignment(nn.Module):
     """One WPA stage: pixels gather words (PWAM + gate) and words gather pixels (cross-attention)."""
 
-    def __init__(
-        self, vis_dim: int, lang_dim: int, fusion_heads: int, wpa_heads: int, dropout: float, lang_norm: str
-    ):
+    def __init__(self, vis_dim: int, lang_dim: int, fusion_heads: int, wpa_heads: int, dropout: float, lang_norm: str):
         super().__init__()
         self.l2v = PWAMFusion(vis_dim, lang_dim, fusion_heads, dropout, lang_norm)
         self.v2l = AttentionLayer(lang_dim, wpa_heads, dropout, kv_dim=vis_dim)
@@ -82,6 +73,14 @@ class CoupAlign(RISModel):
 
     OPTIONS = (
         *PWAM_OPTIONS,
+        *HYPOTHESIS_OPTIONS,
+        Option(
+            "sma_score",
+            str,
+            "query",
+            "what the sentence weighs: the masks' queries or their pooled pixels",
+            choices=["query", "pixels"],
+        ),
         HIDDEN_DIM,
         *QUERY_DECODER_OPTIONS,
         Option("wpa_heads", int, 8, "attention heads of the words' cross-attention to the pixels (WPA)", ge=1),
@@ -98,6 +97,9 @@ class CoupAlign(RISModel):
             raise ValueError(f"num_masks must be >= 0, got {self.num_masks}")
         self.aux_weight = self.option("aux_weight")
         self.temperature = self.option("temperature")
+        if self.num_masks:
+            self.proposal_weight = self.option("proposal_weight")
+            self.selection_weight = self.option("selection_weight")
         self.fusions = nn.ModuleList(
             WordPixelAlignment(
                 c,
@@ -116,13 +118,12 @@ class CoupAlign(RISModel):
             self.query_feat = nn.Embedding(self.num_masks, dim)
             self.query_pos = nn.Embedding(self.num_masks, dim)
             self.query_decoder = self.build_query_decoder(dim)
-            self.sma_mask_head = DynamicMaskHead(dim, dim, layers=3, bias=False)
+            pooled = self.temperature if self.option("sma_score") == "pixels" else None
+            self.hypotheses = MaskHypotheses(dim, dim, mask_layers=3, bias=False, pooled_temperature=pooled)
         else:
             self.classifier = nn.Conv2d(self.decoder.hidden, 1, 1)
 
-    def forward(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         words = self.encode_text(input_ids, attention_mask)
         feats, words = self.encode(images, words, attention_mask, self.fusions)
         pix = self.decoder(feats)
@@ -134,12 +135,13 @@ class CoupAlign(RISModel):
             return out
         b = images.shape[0]
         q = self.query_decoder(self.query_feat.weight.expand(b, -1, -1), feats, self.query_pos.weight.expand(b, -1, -1))
-        masks = self.sma_mask_head(q, emb)
-        weights = torch.softmax(torch.einsum("bnd,bd->bn", q, sentence) / math.sqrt(q.shape[-1]), dim=1)
-        out.update(logits=weighted_mask_sum(masks, weights), masks=masks, mask_weights=weights)
+        out.update(self.hypotheses(q, emb, sentence))
         return out
 
-    def loss(self, outputs: dict[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(
+        self, outputs: dict[str, Any], target: torch.Tensor, instances: InstanceTargets | None = None
+    ) -> dict[str, torch.Tensor]:
         mask = self.mask_loss(outputs["logits"], target)
         aux = pixel_sentence_contrast(outputs["pixel_embed"], outputs["sentence"], target, self.temperature)
-        return {"loss": mask + self.aux_weight * aux, "mask": mask.detach(), "aux": aux.detach()}
+        losses = {"loss": mask + self.aux_weight * aux, "mask": mask.detach(), "aux": aux.detach()}
+        return self.add_hypothesis_losses(losses, outputs, instances)

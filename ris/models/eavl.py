@@ -42,16 +42,11 @@ import torch
 from torch import nn
 
 from ris.models.base import ModelConfig, RISModel
-from ris.models.blocks import (
-    MLP,
-    CrossAttention,
-    DynamicMaskHead,
-    flatten_hw,
-    weighted_mask_sum,
-)
+from ris.models.blocks import MLP, CrossAttention, MaskHypotheses, flatten_hw
 from ris.models.lavt import pwam_fusions
+from ris.models.losses import InstanceTargets
 from ris.models.registry import register_method
-from ris.options import HIDDEN_DIM, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option
+from ris.options import HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option
 
 
 class MultiQueryGenerator(nn.Module):
@@ -80,6 +75,7 @@ class EAVL(RISModel):
 
     OPTIONS = (
         *PWAM_OPTIONS,
+        *HYPOTHESIS_OPTIONS,
         HIDDEN_DIM,
         *QUERY_DECODER_OPTIONS,
         Option("num_queries", int, None, "queries when num_masks is 0 (null: 8); must equal num_masks if both", ge=1),
@@ -99,17 +95,21 @@ class EAVL(RISModel):
         self.decoder = self.pixel_decoder()
         self.query_generator = MultiQueryGenerator(self.num_queries, chans[3], self.lang_dim, dim)
         self.query_decoder = self.build_query_decoder(dim)
-        self.mask_generator = DynamicMaskHead(dim, self.decoder.hidden, layers=1, bias=True)
-        self.query_estimator = MLP(dim, dim, 1, layers=2)
+        # Multi-Mask Generator (a dynamic 1x1 conv per query) and Multi-Query Estimator (an MLP score per query)
+        self.hypotheses = MaskHypotheses(dim, self.decoder.hidden, mask_layers=1, bias=True, scorer=MLP(dim, dim, 1, 2))
+        self.proposal_weight = self.option("proposal_weight")
+        self.selection_weight = self.option("selection_weight")
 
-    def forward(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         words = self.encode_text(input_ids, attention_mask)
         feats, _ = self.encode(images, words, attention_mask, self.fusions)
         pix = self.decoder(feats)
         q, probes = self.query_generator(feats[3], words, attention_mask)
         q = self.query_decoder(q, feats, probes)
-        masks = self.mask_generator(q, pix)
-        scores = torch.softmax(self.query_estimator(q).squeeze(-1), dim=1)
-        return {"logits": weighted_mask_sum(masks, scores), "masks": masks, "query_scores": scores}
+        return self.hypotheses(q, pix)
+
+    def loss(
+        self, outputs: dict[str, Any], target: torch.Tensor, instances: InstanceTargets | None = None
+    ) -> dict[str, torch.Tensor]:
+        mask = self.mask_loss(outputs["logits"], target)
+        return self.add_hypothesis_losses({"loss": mask, "mask": mask.detach()}, outputs, instances)

@@ -24,24 +24,17 @@ followed because none is available to us.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from ris.models.base import ModelConfig, RISModel
-from ris.models.blocks import (
-    CrossAttention,
-    DynamicMaskHead,
-    conv_bn_relu,
-    mask_pool,
-    masked_mean,
-    weighted_mask_sum,
-)
+from ris.models.blocks import CrossAttention, MaskHypotheses, conv_bn_relu, mask_pool, masked_mean
 from ris.models.lavt import pwam_fusions
+from ris.models.losses import InstanceTargets
 from ris.models.registry import register_method
-from ris.options import HIDDEN_DIM, PWAM_OPTIONS, Option
+from ris.options import HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, Option
 
 
 class ContextStage(nn.Module):
@@ -52,7 +45,7 @@ class ContextStage(nn.Module):
         self.refine = conv_bn_relu(pixel_dim, dim)
         self.read = CrossAttention(dim, dim, dim, heads)
         self.update = nn.GRUCell(dim, dim)
-        self.mask_head = DynamicMaskHead(dim, dim, layers=2, bias=True)
+        self.hypotheses = MaskHypotheses(dim, dim, mask_layers=2, bias=True)
 
     def forward(
         self,
@@ -62,7 +55,9 @@ class ContextStage(nn.Module):
         word_mask: torch.Tensor,
         sentence: torch.Tensor,
         prev_logits: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
+        """The stage's mask hypotheses (:class:`MaskHypotheses`: ``logits``, ``masks``, weights, ...); its
+        updated context are the ``queries``."""
         prob = None if prev_logits is None else prev_logits.sigmoid()
         feats = self.refine(pixels if prob is None else pixels * (1.0 + prob))
         region = mask_pool(feats, prob).unsqueeze(1)
@@ -71,9 +66,7 @@ class ContextStage(nn.Module):
         b, k, d = context.shape
         read = self.read(context, mem, mem_mask)
         context = self.update(read.reshape(b * k, d), context.reshape(b * k, d)).view(b, k, d)
-        masks = self.mask_head(context, feats)
-        weights = torch.softmax(torch.einsum("bkd,bd->bk", context, sentence) / math.sqrt(d), dim=1)
-        return weighted_mask_sum(masks, weights), context
+        return self.hypotheses(context, feats, sentence)
 
 
 @register_method("jmceln")
@@ -82,6 +75,7 @@ class JMCELN(RISModel):
 
     OPTIONS = (
         *PWAM_OPTIONS,
+        *HYPOTHESIS_OPTIONS,
         HIDDEN_DIM,
         Option("num_stages", int, 3, "stages of the cascade", ge=1),
         Option("stage_weights", list, None, "loss weight of each stage (null: all 1.0)", items=float, ge=0),
@@ -97,6 +91,8 @@ class JMCELN(RISModel):
         if len(weights) != stages or sum(weights) <= 0:
             raise ValueError(f"stage_weights {weights} must be {stages} values with a positive sum")
         self.stage_weights = weights
+        self.proposal_weight = self.option("proposal_weight")
+        self.selection_weight = self.option("selection_weight")
         self.fusions = pwam_fusions(self)
         self.decoder = self.pixel_decoder()
         self.context = nn.Parameter(torch.randn(self.option("context_tokens"), dim))
@@ -106,26 +102,29 @@ class JMCELN(RISModel):
             ContextStage(self.decoder.hidden, dim, self.option("heads")) for _ in range(stages)
         )
 
-    def forward(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         words = self.encode_text(input_ids, attention_mask)
         feats, words = self.encode(images, words, attention_mask, self.fusions)
         pixels = self.decoder(feats)
         sentence = self.sentence_proj(masked_mean(words, attention_mask))
         words = self.word_proj(words)
         context = self.context.expand(images.shape[0], -1, -1)
-        logits, all_logits = None, []
+        out: dict[str, Any] = {"logits": None}
+        all_logits = []
         for stage in self.stages:
-            logits, context = stage(pixels, context, words, attention_mask, sentence, logits)
-            all_logits.append(logits)
-        return {"logits": logits, "stage_logits": all_logits}
+            out = stage(pixels, context, words, attention_mask, sentence, out["logits"])
+            context = out["queries"]
+            all_logits.append(out["logits"])
+        return {**out, "stage_logits": all_logits}
 
-    def loss(self, outputs: dict[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(
+        self, outputs: dict[str, Any], target: torch.Tensor, instances: InstanceTargets | None = None
+    ) -> dict[str, torch.Tensor]:
         parts = [self.mask_loss(lg, target) for lg in outputs["stage_logits"]]
         total = sum(w * p for w, p in zip(self.stage_weights, parts, strict=True)) / sum(self.stage_weights)
-        return {
+        losses = {
             "loss": total,
             "mask": parts[-1].detach(),
             **{f"stage{i + 1}": p.detach() for i, p in enumerate(parts)},
         }
+        return self.add_hypothesis_losses(losses, outputs, instances)

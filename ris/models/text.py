@@ -178,10 +178,10 @@ def encode_dataset(prepared_dir: Path, pretrained: str, max_tokens: int, out: Pa
     pretrained encoder ``pretrained``, tokenized as training does; written to ``out`` for every job."""
     import pandas as pd
 
-    from ris.data.prepare import read_split
+    from ris.data.prepare import read_split, split_tables
     from ris.data.tokenizer import encode, load_tokenizer
 
-    tables = sorted(Path(prepared_dir).glob("*.parquet"))
+    tables = split_tables(Path(prepared_dir))
     if not tables:
         raise FileNotFoundError(f"{prepared_dir}: no prepared <split>.parquet tables")
     sentences = pd.concat([read_split(t)["sentence"] for t in tables]).drop_duplicates().tolist()

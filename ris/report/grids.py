@@ -27,13 +27,13 @@ GT_COLOR = (1.0, 1.0, 1.0)  # white outline
 PRED_COLOR = (1.0, 0.6, 0.0)  # orange outline
 
 
-def _decode(rle: str, height: int, width: int) -> np.ndarray:
+def decode_mask(rle: str, height: int, width: int) -> np.ndarray:
     from ris.data.refer import decode_rle
 
     return decode_rle(rle, height, width).astype(bool)
 
 
-def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     if mask.shape == (height, width):
         return mask
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 0
@@ -64,7 +64,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, floa
     return np.clip(out, 0, 1)
 
 
-def _load_rgb(path: Path) -> np.ndarray:
+def load_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
@@ -72,19 +72,19 @@ def _load_rgb(path: Path) -> np.ndarray:
 def _truth_mask(truth: pd.DataFrame, ref_id: int, sent_id: int, height: int, width: int) -> np.ndarray:
     """Ground-truth mask of a sample (``truth``: the prepared split indexed by ref and sentence) at an image size."""
     row = truth.loc[(ref_id, sent_id)]
-    return _resize_mask(_decode(row["rle"], int(row["height"]), int(row["width"])), height, width)
+    return resize_mask(decode_mask(row["rle"], int(row["height"]), int(row["width"])), height, width)
 
 
 def _pred_mask(rle: str, size: int, height: int, width: int) -> np.ndarray:
     """A stored prediction (``samples.csv``: RLE at the evaluation size) at an image size."""
-    return _resize_mask(_decode(rle, size, size), height, width)
+    return resize_mask(decode_mask(rle, size, size), height, width)
 
 
-def _wrap(sentence: str) -> str:
+def wrap(sentence: str) -> str:
     return "\n".join(textwrap.wrap(f'"{sentence}"', 28))
 
 
-def _draw_panels(axes_row: Sequence[plt.Axes], panels: Sequence[tuple[np.ndarray | None, str]]) -> None:
+def draw_panels(axes_row: Sequence[plt.Axes], panels: Sequence[tuple[np.ndarray | None, str]]) -> None:
     """One grid row: each panel's image (or "missing") without ticks, under its title."""
     for ax, (img, title) in zip(axes_row, panels):
         if img is None:
@@ -140,10 +140,10 @@ def plot_qualitative(
             for ax in axes.flat:
                 blank(ax, "no samples")
         for i, s in enumerate(picked.itertuples()):
-            image = _load_rgb(Path(images_dir) / s.file_name)
+            image = load_rgb(Path(images_dir) / s.file_name)
             h, w = image.shape[:2]
             gt = _truth_mask(truth, s.ref_id, s.sent_id, h, w)
-            expression = _wrap(s.sentence)
+            expression = wrap(s.sentence)
             panels = [(image / 255.0, expression), (overlay(image, gt, GT_COLOR), "ground truth")]
             for name, df in runs:
                 hit = None if df is None else df[(df["ref_id"] == s.ref_id) & (df["sent_id"] == s.sent_id)]
@@ -152,7 +152,7 @@ def plot_qualitative(
                     continue
                 pred = _pred_mask(hit["pred_rle"].iloc[0], int(hit["pred_size"].iloc[0]), h, w)
                 panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * hit['iou'].iloc[0]:.1f}"))
-            _draw_panels(axes[i], panels)
+            draw_panels(axes[i], panels)
         what = "best" if not worst else "worst"
         _finish(
             fig, spec, f"{kind} ({what} IoU of {focus_name}, {where})",
@@ -201,15 +201,15 @@ def plot_swap(
         for ax in axes.flat:
             blank(ax, "no image with two refs")
     for i, pair in enumerate(pairs):
-        image = _load_rgb(Path(images_dir) / pair[0]["file_name"])
+        image = load_rgb(Path(images_dir) / pair[0]["file_name"])
         h, w = image.shape[:2]
         panels: list[tuple[np.ndarray | None, str]] = [(image / 255.0, "image")]
         for s in pair:
             gt = _truth_mask(truth, s["ref_id"], s["sent_id"], h, w)
             pred = _pred_mask(s["pred_rle"], int(s["pred_size"]), h, w)
-            panels.append((overlay(image, gt, GT_COLOR), f"{_wrap(s['sentence'])}\nground truth"))
+            panels.append((overlay(image, gt, GT_COLOR), f"{wrap(s['sentence'])}\nground truth"))
             panels.append((overlay(image, pred, PRED_COLOR), f"{name}\nIoU {100 * s['iou']:.1f}"))
-        _draw_panels(axes[i], panels)
+        draw_panels(axes[i], panels)
     d0, splits0 = spec_datasets(spec)[0]
     _finish(
         fig, spec, f"swap the sentence ({name}, {dataset_display(d0)} {splits0[0]})",

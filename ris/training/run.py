@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ris.data.dataset import ReferSplit
-from ris.data.prepare import read_split
+from ris.data.prepare import read_instances, read_split
 from ris.data.tokenizer import build_vocab, load_tokenizer
 from ris.models import ModelConfig, build_model
 from ris.training import distributed as ddp
@@ -180,6 +180,8 @@ def build_run(
         core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
     elif ctx.enabled and tcfg.get("sync_batchnorm"):
         log.warning("train.sync_batchnorm needs CUDA; BatchNorm statistics stay per micro-batch")
+    if core.uses_instances:  # N masks trained as object hypotheses: the images' objects (ris.models.losses)
+        train_ds.attach_instances(read_instances(prepared))
     core = core.to(dev)
     ids = torch.cat([train_ds.input_ids, val_ds.input_ids])
     masks = torch.cat([train_ds.attention, val_ds.attention])

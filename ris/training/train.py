@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ris.metrics import intersection_union, summarize
+from ris.models.losses import InstanceTargets
 from ris.training import distributed as ddp
 from ris.training import run_log
 from ris.training.checkpoint import load_checkpoint, save_checkpoint
@@ -214,7 +215,11 @@ def _accumulate(run: Run, epoch: int, share: dict[str, Any]) -> tuple[float, int
             with no_sync:
                 with autocast(run):
                     out = run.model(*inputs(run, batch))
-                    parts = run.core.loss(out, batch["target"].to(run.dev, non_blocking=True))
+                    target = batch["target"].to(run.dev, non_blocking=True)
+                    if run.core.uses_instances:  # N masks trained as the image's objects (ris.models.losses)
+                        parts = run.core.loss(out, target, InstanceTargets.from_batch(batch, run.dev))
+                    else:
+                        parts = run.core.loss(out, target)
                 run.scaler.scale(parts["loss"] / run.accum).backward()
             values = dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist()))  # 1 sync
             loss = values.pop("loss")

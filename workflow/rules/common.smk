@@ -6,6 +6,8 @@ import shlex
 from ris.config import (
     RunKey,
     evaluation_splits,
+    evaluations,
+    mask_figure_runs,
     frozen_text,
     images_dir,
     prepare_inputs,
@@ -166,11 +168,29 @@ def table_grid_samples(wildcards):
     return quoted(f"{RESULTS}/eval/{k.path}/{s}/samples.csv" for k, s in grid_runs(wildcards.table))
 
 
+MASK_FIGURE_RUNS = mask_figure_runs(config)  # method -> the run its mask-hypotheses figure shows
+
+
+def mask_figure_split(method):
+    """The split a run's evaluate job diagnoses its masks on: val where it is evaluated on val, else its first."""
+    splits = EVAL_SPLITS[MASK_FIGURE_RUNS[method]]
+    return "val" if "val" in splits else splits[0]
+
+
+def mask_figure_file(method):
+    return f"{RESULTS}/eval/{MASK_FIGURE_RUNS[method].path}/{mask_figure_split(method)}/mask_diagnostics.json"
+
+
+MASK_DIAGNOSTICS_FILES = [f"{RESULTS}/tables/mask_diagnostics.{ext}" for ext in ("csv", "md")] + [
+    f"{RESULTS}/plots/mask_diagnostics/{m}.{ext}" for m in MASK_FIGURE_RUNS for ext in FIGURE_FORMATS
+]
+
+
 def report_targets():
-    """Every table and figure of every declared table (the inputs of `rule all`)."""
+    """Every table and figure of every declared table, and the mask diagnostics (the inputs of `rule all`)."""
     out = []
     for t in config["tables"]:
         out += [f"{RESULTS}/tables/{t}.{ext}" for ext in TABLE_FORMATS]
         for fig in table_figures(table_spec(config, t)):
             out += [f"{RESULTS}/plots/{t}/{fig}.{ext}" for ext in FIGURE_FORMATS]
-    return out + EXPRESSION_TYPES_FILES
+    return out + EXPRESSION_TYPES_FILES + MASK_DIAGNOSTICS_FILES

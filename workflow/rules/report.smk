@@ -247,3 +247,63 @@ rule job_costs:
         f"{RESULTS}/logs/job_costs.log",
     shell:
         "python -m ris job-costs --dir {params.root:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log} 2>&1"
+
+
+# Are the N masks N hypotheses? (ris/report/mask_diagnostics.py) Every evaluate job of a run whose prediction is
+# a weighted sum of N masks writes <split>/mask_diagnostics.json; one table gathers them, and one figure per
+# method of `mask_diagnostics.figures` (config.yaml) shows a few of its run's samples.
+localrules:
+    mask_diagnostics,
+    plot_mask_hypotheses,
+
+
+rule mask_diagnostics:
+    input:
+        eval_dirs(evaluations(config)),
+    output:
+        csv=report(
+            f"{RESULTS}/tables/mask_diagnostics.csv",
+            caption="../report/mask_diagnostics.rst",
+            category="mask_diagnostics",
+            subcategory="1. Table",
+            labels={"table": "mask_diagnostics", "content": "one row per run (CSV)"},
+        ),
+        md=f"{RESULTS}/tables/mask_diagnostics.md",
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/tables/mask_diagnostics.log",
+    benchmark:
+        f"{RESULTS}/job_costs/mask_diagnostics/mask_diagnostics.tsv",
+    shell:
+        "python -m ris mask-diagnostics table --eval-dirs {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        " > {log} 2>&1"
+
+
+rule plot_mask_hypotheses:
+    input:
+        evaluation=lambda wildcards: eval_dirs([(MASK_FIGURE_RUNS[wildcards.method], None)]),
+        prepared=lambda wildcards: f"{DATA}/prepared/{MASK_FIGURE_RUNS[wildcards.method].dataset}",
+    output:
+        png=report(
+            f"{RESULTS}/plots/mask_diagnostics/{{method}}.png",
+            caption="../report/mask_hypotheses.rst",
+            category="mask_diagnostics",
+            subcategory="2. Figures",
+            labels={"method": "{method}", "figure": "highest-weighted masks"},
+        ),
+        pdf=f"{RESULTS}/plots/mask_diagnostics/{{method}}.pdf",
+    params:
+        diagnostics=lambda wildcards: mask_figure_file(wildcards.method),
+        split=lambda wildcards: mask_figure_split(wildcards.method),
+        images=lambda wildcards: str(images_dir(config, MASK_FIGURE_RUNS[wildcards.method].dataset)),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/plots/mask_hypotheses-{{method}}.log",
+    benchmark:
+        f"{RESULTS}/job_costs/plot_mask_hypotheses/{{method}}.tsv",
+    shell:
+        "python -m ris mask-diagnostics plot --diagnostics {params.diagnostics:q}"
+        " --split-table {input.prepared:q}/{params.split}.parquet --images {params.images:q}"
+        " --out {output.png:q} {output.pdf:q} > {log} 2>&1"
