@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "HIDDEN_DIM",
+    "HYPOTHESIS_OPTIONS",
     "MODEL_OPTIONS",
     "MODEL_SETTINGS",
     "PWAM_OPTIONS",
