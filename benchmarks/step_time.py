@@ -36,6 +36,7 @@ import torch
 
 from benchmarks.bench_utils import machine, markdown, paper_model_config
 from ris.models import BACKBONES, METHODS, ModelConfig, build_model
+from ris.models.losses import InstanceTargets
 
 
 def model_config(a: argparse.Namespace, method: str, backbone: str) -> ModelConfig:
@@ -44,6 +45,20 @@ def model_config(a: argparse.Namespace, method: str, backbone: str) -> ModelConf
     if not a.paper:
         return ModelConfig(method, backbone, image_size=a.image, vocab_size=60, num_masks=n)
     return paper_model_config(method, backbone, a.image, n)
+
+
+def random_objects(batch: int, k: int, size: int, device: torch.device) -> InstanceTargets:
+    """``k`` objects per image at the mask logits' resolution (random rectangles, the first one referred to),
+    for the models whose N masks learn the image's objects (``RISModel.uses_instances``)."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(batch, k, size, size, dtype=torch.uint8)
+    for i in range(batch):
+        for j in range(k):
+            y, x = torch.randint(0, size - 4, (2,), generator=g).tolist()
+            h, w = torch.randint(4, max(5, size // 3), (2,), generator=g).tolist()
+            masks[i, j, y : y + h, x : x + w] = 1
+    count = torch.full((batch,), k)
+    return InstanceTargets(masks.to(device), count.to(device), torch.zeros(batch, dtype=torch.long, device=device))
 
 
 def rss_gib() -> float:
@@ -66,6 +81,7 @@ def measure(a: argparse.Namespace, method: str, backbone: str, device: torch.dev
     ids = torch.randint(5, cfg.vocab_size, (b, a.tokens), device=device)
     am = torch.ones_like(ids)
     target = (torch.rand(b, size, size, device=device) > 0.9).to(torch.uint8)
+    instances = random_objects(b, a.objects, size // 4, device) if model.uses_instances else None
     amp = a.precision != "fp32"
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float16
     for p in model.parameters():  # AdamW's state now, so that even the first measured step has the training peak
@@ -80,7 +96,8 @@ def measure(a: argparse.Namespace, method: str, backbone: str, device: torch.dev
             torch.cuda.synchronize(device)
         t, c = time.perf_counter(), time.process_time()
         with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            loss = model.loss(model(x, ids, am), target)["loss"]
+            out = model(x, ids, am)
+            loss = (model.loss(out, target, instances) if instances else model.loss(out, target))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -95,6 +112,7 @@ def measure(a: argparse.Namespace, method: str, backbone: str, device: torch.dev
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "first_step_s": round(times[0], 3), "step_s": round(step, 3), "images_per_s": round(b / step, 4),
         "step_cpu_s": round(min(cpu_times[a.warmup :]), 3), "warmup": a.warmup, "steps": a.steps,
+        "objects": a.objects if instances else 0,
     }  # fmt: skip
     if device.type == "cuda":
         out["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -145,6 +163,10 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=sorted(METHODS))
     ap.add_argument("--backbones", nargs="*", default=sorted(BACKBONES))
     ap.add_argument("--num-masks", type=int, default=100, help="CoupAlign's N (the paper's best: 100)")
+    ap.add_argument(
+        "--objects", type=int, default=None,
+        help="objects per image the N masks are matched to, where a method learns them (default: demo 4, paper 90)",
+    )  # fmt: skip
     ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on the CPU) | fp32 | bf16")
     ap.add_argument("--channels-last", default=None, action=argparse.BooleanOptionalAction,
@@ -153,6 +175,7 @@ def main() -> None:
     a = ap.parse_args()
     a.image = a.image or (480 if a.paper else 128)
     a.batch = a.batch or (2 if a.paper else 8)
+    a.objects = a.objects if a.objects is not None else (90 if a.paper else 4)
     a.channels_last = a.paper if a.channels_last is None else a.channels_last
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))  # fmt: skip

@@ -218,7 +218,7 @@ MODEL_OPTIONS: tuple[Option, ...] = (
     Option("dice_weight", float, 0.0, "weight of a Dice term added to the mask loss", ge=0),
 )
 
-#: LAVT's pixel-word attention and language gate after every stage (``ris.models.lavt.pwam_fusions``).
+#: LAVT's pixel-word attention and language gate after every stage (``RISModel.pwam_fusions``).
 PWAM_OPTIONS: tuple[Option, ...] = (
     Option("fusion_heads", int, 1, "attention heads of each stage's pixel-word attention (LAVT: 1)", ge=1),
     Option("fusion_dropout", float, 0.0, "dropout in the pixel-word attention (LAVT: 0)", ge=0, lt=1),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ris.models.backbones import load_pretrained_file, recomputed
-from ris.models.blocks import MaskHypotheses, QueryDecoder, TopDownDecoder
+from ris.models.blocks import MaskHypotheses, PWAMFusion, QueryDecoder, TopDownDecoder
 from ris.models.losses import InstanceTargets, dice_loss, hypothesis_losses, resize_logits, weighted_bce
 from ris.models.registry import BACKBONES, TEXT_ENCODERS, lookup
 from ris.options import MODEL_OPTIONS, Option, resolve
@@ -134,6 +134,13 @@ class RISModel(nn.Module):
         """LAVT's top-down decoder over the backbone's stages, every method's pixel decoder; option
         ``decoder_dim`` sets its width (default LAVT's: half the last stage's channels)."""
         return TopDownDecoder(self.backbone.channels, self.option("decoder_dim"))
+
+    def pwam_fusions(self) -> nn.ModuleList:
+        """LAVT's encoder fusion, one :class:`PWAMFusion` per backbone stage (options ``fusion_heads``,
+        ``fusion_dropout``, ``lang_norm``), shared by every method that fuses language this way (LAVT, EAVL,
+        JMCELN)."""
+        heads, drop, norm = self.option("fusion_heads"), self.option("fusion_dropout"), self.lang_norm
+        return nn.ModuleList(PWAMFusion(c, self.lang_dim, heads, drop, norm) for c in self.backbone.channels)
 
     def hidden_dim(self) -> int:
         """Width of a method's query/context embeddings: option ``hidden_dim`` (256 at full size, 64 tiny; a

@@ -136,6 +136,22 @@ class ChannelNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class PWAMFusion(nn.Module):
+    """One LAVT stage fusion: PWAM, the language gate, and the output norm."""
+
+    def __init__(self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0, lang_norm: str = "instance"):
+        super().__init__()
+        self.pwam = PixelWordAttention(vis_dim, lang_dim, heads, dropout, lang_norm)
+        self.gate = LanguageGate(vis_dim)
+        self.norm = ChannelNorm(vis_dim)
+
+    def forward(
+        self, vis: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mm = self.pwam(vis, words, word_mask)
+        return self.gate(vis, mm), self.norm(mm), words
+
+
 def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 

@@ -13,8 +13,8 @@ equation numbers are cited. What follows the paper (abstract and Fig. 2; notatio
 
 Our reading (choices the text we followed does not pin down; options in brackets):
 
-* WPA, language-to-vision: LAVT's PWAM + language gate (``PWAMFusion``, reused from
-  :mod:`ris.models.lavt`) [``fusion_heads`` 1, ``fusion_dropout`` 0.0]; vision-to-language: the words
+* WPA, language-to-vision: LAVT's PWAM + language gate (``PWAMFusion``,
+  :mod:`ris.models.blocks`) [``fusion_heads`` 1, ``fusion_dropout`` 0.0]; vision-to-language: the words
   cross-attend to the stage's pixels (residual, post-norm :class:`AttentionLayer`) and the updated words
   go to the next stage's fusion [``wpa_heads`` 8]. BERT runs once up front; the word updates live in the
   fusion modules, not between BERT layers;
@@ -44,8 +44,7 @@ import torch
 from torch import nn
 
 from ris.models.base import ModelConfig, RISModel
-from ris.models.blocks import AttentionLayer, MaskHypotheses, flatten_hw, masked_mean
-from ris.models.lavt import PWAMFusion
+from ris.models.blocks import AttentionLayer, MaskHypotheses, PWAMFusion, flatten_hw, masked_mean
 from ris.models.losses import InstanceTargets, pixel_sentence_contrast
 from ris.models.registry import register_method
 from ris.options import HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option

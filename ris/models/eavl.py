@@ -5,7 +5,7 @@ component names (Multi-Query Generator, transformer decoder, Multi-Mask Generato
 Estimator) are the paper's. What follows the paper (abstract):
 
 * an LAVT-like encoder: image and text encoders with language fusion in the image encoder (here LAVT's
-  stage-wise PWAM + gate, ``PWAMFusion`` reused from :mod:`ris.models.lavt`) and LAVT's top-down pixel
+  stage-wise PWAM + gate, ``PWAMFusion`` from :mod:`ris.models.blocks`) and LAVT's top-down pixel
   decoder (:class:`TopDownDecoder`);
 * a Vision-Language Aligner in the segmentation stage instead of a fixed-kernel classifier: multiple
   queries, each representing a different emphasis of the expression and generated from the input
@@ -43,7 +43,6 @@ from torch import nn
 
 from ris.models.base import ModelConfig, RISModel
 from ris.models.blocks import MLP, CrossAttention, MaskHypotheses, flatten_hw
-from ris.models.lavt import pwam_fusions
 from ris.models.losses import InstanceTargets
 from ris.models.registry import register_method
 from ris.options import HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option
@@ -91,7 +90,7 @@ class EAVL(RISModel):
         self.num_queries = int(cfg.num_masks if cfg.num_masks > 0 else (option_n or 8))
         if self.num_queries < 1:
             raise ValueError(f"EAVL needs at least one query, got {self.num_queries}")
-        self.fusions = pwam_fusions(self)
+        self.fusions = self.pwam_fusions()
         self.decoder = self.pixel_decoder()
         self.query_generator = MultiQueryGenerator(self.num_queries, chans[3], self.lang_dim, dim)
         self.query_decoder = self.build_query_decoder(dim)

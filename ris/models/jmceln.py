@@ -6,7 +6,7 @@ align the next and reduce the inconsistency between stages, and a multi-stage (c
 **Everything below is our reading of that abstract**; no section, equation or setting of the paper is
 followed because none is available to us.
 
-* encoder and pixel decoder: LAVT's stage-wise PWAM + gate (``PWAMFusion`` from :mod:`ris.models.lavt`)
+* encoder and pixel decoder: LAVT's stage-wise PWAM + gate (``PWAMFusion`` from :mod:`ris.models.blocks`)
   and :class:`TopDownDecoder` [``fusion_heads`` 1, ``fusion_dropout`` 0.0];
 * Learnable Contextual Embedding: K learned vectors of width ``hidden_dim`` [``context_tokens`` 4,
   ``hidden_dim`` 256 at paper size, 64 tiny]; at each stage they read, by cross-attention, the
@@ -31,7 +31,6 @@ from torch import nn
 
 from ris.models.base import ModelConfig, RISModel
 from ris.models.blocks import CrossAttention, MaskHypotheses, conv_bn_relu, mask_pool, masked_mean
-from ris.models.lavt import pwam_fusions
 from ris.models.losses import InstanceTargets
 from ris.models.registry import register_method
 from ris.options import HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, Option
@@ -93,14 +92,12 @@ class JMCELN(RISModel):
         self.stage_weights = weights
         self.proposal_weight = self.option("proposal_weight")
         self.selection_weight = self.option("selection_weight")
-        self.fusions = pwam_fusions(self)
+        self.fusions = self.pwam_fusions()
         self.decoder = self.pixel_decoder()
         self.context = nn.Parameter(torch.randn(self.option("context_tokens"), dim))
         self.word_proj = nn.Linear(self.lang_dim, dim)
         self.sentence_proj = nn.Linear(self.lang_dim, dim)
-        self.stages = nn.ModuleList(
-            ContextStage(self.decoder.hidden, dim, self.option("heads")) for _ in range(stages)
-        )
+        self.stages = nn.ModuleList(ContextStage(self.decoder.hidden, dim, self.option("heads")) for _ in range(stages))
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         words = self.encode_text(input_ids, attention_mask)

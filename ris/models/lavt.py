@@ -27,37 +27,8 @@ import torch
 from torch import nn
 
 from ris.models.base import ModelConfig, RISModel
-from ris.models.blocks import ChannelNorm, LanguageGate, PixelWordAttention
 from ris.models.registry import register_method
 from ris.options import PWAM_OPTIONS
-
-
-class PWAMFusion(nn.Module):
-    """One LAVT stage fusion: PWAM, the language gate, and the output norm."""
-
-    def __init__(
-        self, vis_dim: int, lang_dim: int, heads: int = 1, dropout: float = 0.0, lang_norm: str = "instance"
-    ):
-        super().__init__()
-        self.pwam = PixelWordAttention(vis_dim, lang_dim, heads, dropout, lang_norm)
-        self.gate = LanguageGate(vis_dim)
-        self.norm = ChannelNorm(vis_dim)
-
-    def forward(
-        self, vis: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mm = self.pwam(vis, words, word_mask)
-        return self.gate(vis, mm), self.norm(mm), words
-
-
-def pwam_fusions(model: RISModel) -> nn.ModuleList:
-    """One :class:`PWAMFusion` per backbone stage, from the options ``fusion_heads``, ``fusion_dropout``
-    and ``lang_norm``.
-
-    The LAVT encoder, shared by every method that fuses language this way (LAVT, EAVL, JMCELN).
-    """
-    heads, drop, norm = model.option("fusion_heads"), model.option("fusion_dropout"), model.lang_norm
-    return nn.ModuleList(PWAMFusion(c, model.lang_dim, heads, drop, norm) for c in model.backbone.channels)
 
 
 @register_method("lavt")
@@ -68,13 +39,11 @@ class LAVT(RISModel):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.fusions = pwam_fusions(self)
+        self.fusions = self.pwam_fusions()
         self.decoder = self.pixel_decoder()
         self.classifier = nn.Conv2d(self.decoder.hidden, 2, 1)
 
-    def forward(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         words, _ = self.text(input_ids, attention_mask)
         return self.forward_words(images, words, attention_mask)
 
