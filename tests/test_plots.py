@@ -15,7 +15,7 @@ from PIL import Image
 from ris.config import table_runs
 from ris.data.prepare import prepare, read_split
 from ris.data.refer import decode_rle
-from ris.evaluation.inference import encode_masks
+from ris.evaluation.results import encode_masks
 from ris.report.curves import plot_num_masks, plot_precision, plot_training
 from ris.report.grids import plot_qualitative, plot_swap, select_samples, select_swap_pairs
 from ris.report.spec import table_figures, table_spec

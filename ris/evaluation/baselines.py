@@ -79,8 +79,7 @@ def evaluate_baselines(
 
     from ris.data.prepare import read_split
     from ris.data.refer import load_instances
-    from ris.evaluation.inference import encode_masks
-    from ris.evaluation.results import mask_at, write_results
+    from ris.evaluation.results import encode_masks, mask_at, write_results
 
     table = read_split(split_table)
     objects = _objects_by_image(load_instances(instances_json))

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ris.data.dataset import ReferSplit
 from ris.data.prepare import read_instances, read_split
 from ris.evaluation.mask_diagnostics import DIAGNOSTICS_FILE, write_mask_diagnostics
-from ris.evaluation.results import write_results
+from ris.evaluation.results import encode_masks, write_results
 from ris.metrics import IoUAccumulator
 from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -45,14 +45,6 @@ def inference_autocast(device: torch.device, precision: str) -> torch.autocast:
     """The forward's autocast: bf16 when ``precision`` (resolved) says so, else disabled (fp32)."""
     bf16 = resolve_inference_precision(precision, device) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-def encode_masks(masks: torch.Tensor) -> list[str]:
-    """Boolean masks (B, H, W) as compressed COCO RLE strings (decode with ``ris.data.refer.decode_rle``)."""
-    from pycocotools import mask as mask_utils
-
-    arr = np.asfortranarray(masks.cpu().numpy().astype(np.uint8).transpose(1, 2, 0))
-    return [r["counts"].decode("ascii") for r in mask_utils.encode(arr)]
 
 
 @torch.no_grad()

@@ -124,7 +124,7 @@ def example(
 ) -> dict[str, Any]:
     """One sample for the figure: its ``top`` highest-weighted masks (RLE at ``size``) with their weights and
     indices, and the final prediction (RLE)."""
-    from ris.evaluation.inference import encode_masks
+    from ris.evaluation.results import encode_masks
 
     order = weights.argsort(descending=True)[:top]
     up = F.interpolate(masks[order][None].float(), size=size, mode="bilinear", align_corners=False)[0] > 0

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ris.metrics import mask_rle, referring_accuracy, referring_outcomes, summarize
 from ris.utils import atomic_path, write_json
+
+if TYPE_CHECKING:
+    import torch
 
 PROTOCOL = (
     "LAVT test.py protocol: one sample per (ref, sentence); prediction vs ground truth at "
@@ -23,6 +26,13 @@ PROTOCOL = (
     "has a higher IoU with its own ref's mask than with any other ref's"
 )
 
+
+def encode_masks(masks: torch.Tensor) -> list[str]:
+    """Boolean masks (B, H, W) as compressed COCO RLE strings (decode with ``ris.data.refer.decode_rle``)."""
+    from pycocotools import mask as mask_utils
+
+    arr = np.asfortranarray(masks.cpu().numpy().astype(np.uint8).transpose(1, 2, 0))
+    return [r["counts"].decode("ascii") for r in mask_utils.encode(arr)]
 
 
 def mask_at(counts: str | bytes, height: int, width: int, size: int) -> np.ndarray:
