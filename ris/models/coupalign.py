@@ -53,16 +53,29 @@ from ris.options import HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, QUERY_DECO
 class WordPixelAlignment(nn.Module):
     """One WPA stage: pixels gather words (PWAM + gate) and words gather pixels (cross-attention)."""
 
-    def __init__(self, vis_dim: int, lang_dim: int, fusion_heads: int, wpa_heads: int, dropout: float, lang_norm: str):
+    def __init__(
+        self,
+        vis_dim: int,
+        lang_dim: int,
+        fusion_heads: int,
+        wpa_heads: int,
+        dropout: float,
+        lang_norm: str,
+        word_gate: bool = False,
+    ):
         super().__init__()
         self.l2v = PWAMFusion(vis_dim, lang_dim, fusion_heads, dropout, lang_norm)
         self.v2l = AttentionLayer(lang_dim, wpa_heads, dropout, kv_dim=vis_dim)
+        #: ``words + tanh(g) (update - words)``, g = 0 at the start: the words change only as far as training wants
+        self.word_gate = nn.Parameter(torch.zeros(())) if word_gate else None
 
     def forward(
         self, vis: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vis_next, out, _ = self.l2v(vis, words, word_mask)
         words_next = self.v2l(words, flatten_hw(vis))
+        if self.word_gate is not None:
+            words_next = words + torch.tanh(self.word_gate) * (words_next - words)
         return vis_next, out, words_next
 
 
@@ -83,6 +96,7 @@ class CoupAlign(RISModel):
         HIDDEN_DIM,
         *QUERY_DECODER_OPTIONS,
         Option("wpa_heads", int, 8, "attention heads of the words' cross-attention to the pixels (WPA)", ge=1),
+        Option("word_gate", bool, False, "a learned gate (closed at the start) on the WPA's update of the words"),
         Option("aux_weight", float, 0.1, "weight of the pixel-sentence contrastive loss", ge=0),
         Option("temperature", float, 0.1, "temperature of the pixel-sentence contrastive loss", gt=0),
     )
@@ -107,6 +121,7 @@ class CoupAlign(RISModel):
                 self.option("wpa_heads"),
                 self.option("fusion_dropout"),
                 self.lang_norm,
+                self.option("word_gate"),
             )
             for c in chans
         )
