@@ -220,11 +220,14 @@ def all_runs(config: dict) -> list[RunKey]:
 
 def mask_figure_runs(config: dict) -> dict[str, RunKey]:
     """method -> the run whose mask hypotheses its figure shows (``mask_diagnostics.figures``): the grid's run of
-    that method, backbone and N (first seed, first dataset in run order); an error names an entry no run matches."""
+    that method, backbone and N (first seed, first in run order). A method the tables do not train is skipped;
+    an entry that no run of a trained method matches is an error naming it."""
     runs = all_runs(config)
     seed = config["seeds"][0]
     out = {}
     for method, want in (config.get("mask_diagnostics") or {}).get("figures", {}).items():
+        if not any(k.method == method for k in runs):
+            continue
         n = int(want.get("num_masks", 0))
         match = [k for k in runs if (k.method, k.backbone, k.num_masks, k.seed) == (method, want["backbone"], n, seed)]
         if not match:

@@ -139,9 +139,11 @@ def test_results_hold_every_table_and_figure(dag):
         for fig in figures:
             for ext in ("png", "pdf"):
                 assert_valid_figure(results / "plots" / table / f"{fig}.{ext}")
-    # Every figure file the DAG wrote is a valid, non-blank image.
+    # Every figure file the DAG wrote is a valid, non-blank image (the tables' and the mask-hypotheses figure of
+    # the one method with N masks here, CoupAlign N = 100).
     written = sorted((results / "plots").rglob("*.*"))
-    assert len(written) == 2 * sum(len(f) for f in FIGURES.values())
+    assert len(written) == 2 * sum(len(f) for f in FIGURES.values()) + 2
+    assert (results / "plots" / "mask_diagnostics" / "coupalign.png") in written
     for path in written:
         assert_valid_figure(path)
     md = (results / "tables" / "mask_number.md").read_text()
@@ -155,6 +157,12 @@ def test_results_hold_every_table_and_figure(dag):
     main_md = (results / "tables" / "main.md").read_text()
     assert "| LTS | Darknet-53 | published (cited) | 65.43 | 67.76 | 54.40 |" in main_md
     assert "missing" not in main_md
+    # one row per run whose prediction is a weighted sum of N masks: CoupAlign N = 20 and 100, not N = 0 or LAVT
+    diag = pd.read_csv(results / "tables" / "mask_diagnostics.csv")
+    assert list(diag["run"]) == ["coupalign-swin_b-n20-s0", "coupalign-swin_b-n100-s0"]
+    assert (diag["samples"] > 0).all() and diag["split"].eq("val").all()
+    assert diag["weight_entropy"].between(0, 1).all() and (diag["distinct_masks"] >= 0).all()
+    assert "| coupalign-swin_b-n100-s0 | val |" in (results / "tables" / "mask_diagnostics.md").read_text()
 
 
 @pytest.mark.slow
@@ -192,8 +200,13 @@ def test_report_opens_in_headless_chromium_with_every_table_and_image(dag, tmp_p
     found = json.loads(html.unescape(m.group(1)))
     assert found["errors"] == []
 
-    # Grouped by table: one category per table, with the table, its figures and its qualitative grids.
-    assert set(found["categories"]) == set(TABLES)
+    # Grouped by table: one category per table, with the table, its figures and its qualitative grids; and the
+    # mask diagnostics (their table and the figure of CoupAlign's masks).
+    assert set(found["categories"]) == set(TABLES) | {"mask_diagnostics"}
+    diag = found["categories"]["mask_diagnostics"]
+    assert sorted(p for ps in diag.values() for p in ps) == [
+        "results/plots/mask_diagnostics/coupalign.png", "results/tables/mask_diagnostics.csv"
+    ]  # fmt: skip
     for table, figures in FIGURES.items():
         subcats = found["categories"][table]
         assert set(subcats) == {"1. Table", "2. Figures", "3. Qualitative"}
@@ -305,3 +318,5 @@ def test_full_demo_dag_declares_every_table_and_figure(tmp_path):
     assert counts["tables"] == "4" and counts["plot_precision"] == "4" and counts["plot_training"] == "4"
     assert counts["plot_qualitative"] == "4" and counts["plot_num_masks"] == "1"
     assert counts["train"] == "12"
+    # the N-mask diagnostics: one table, one figure per method with N masks (CoupAlign, EAVL, JMCELN)
+    assert counts["mask_diagnostics"] == "1" and counts["plot_mask_hypotheses"] == "3"
