@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "HIDDEN_DIM",
     "HYPOTHESIS_OPTIONS",
+    "CONTRAST_OPTIONS",
     "MODEL_OPTIONS",
     "MODEL_SETTINGS",
     "PWAM_OPTIONS",
@@ -235,10 +236,18 @@ QUERY_DECODER_OPTIONS: tuple[Option, ...] = (
     Option("dropout", float, 0.0, "dropout in the query decoder", ge=0, lt=1),
 )
 
-#: The losses that make N masks N object hypotheses (``ris.models.losses.hypothesis_losses``).
+#: The losses that make N masks N object hypotheses (``ris.models.losses.hypothesis_losses``; weights chosen on
+#: the demo over 3 seeds, docs/masks.md).
 HYPOTHESIS_OPTIONS: tuple[Option, ...] = (
-    Option("proposal_weight", float, 0.0, "weight of the masks' matching to the image's objects", ge=0),
-    Option("selection_weight", float, 0.0, "weight of the sentence picking the referred object's mask", ge=0),
+    Option("proposal_weight", float, 1.0, "weight of the masks' matching to the image's objects", ge=0),
+    Option("selection_weight", float, 0.1, "weight of the sentence picking the referred object's mask", ge=0),
+)
+
+#: CoupAlign's auxiliary loss contrasting foreground and background pixels against the sentence
+#: (``ris.models.losses.pixel_sentence_contrast``); also what a mask's pixels are scored against the sentence by.
+CONTRAST_OPTIONS: tuple[Option, ...] = (
+    Option("aux_weight", float, 1.0, "weight of the pixel-sentence contrastive loss", ge=0),
+    Option("temperature", float, 0.1, "temperature of the pixel-sentence contrast and of the masks' scores", gt=0),
 )
 
 # ------------------------------------------------------------------------------------ declarations: train

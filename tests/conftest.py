@@ -80,3 +80,20 @@ def cli_subcommands() -> list[str]:
 
     (action,) = [a for a in build_parser()._actions if a.dest == "command"]
     return list(action.choices)
+
+
+def model_loss(model, outputs: dict, target):
+    """``model.loss`` as training calls it: with the image's objects when the model learns them
+    (``RISModel.uses_instances``): here the target itself and the bottom-right quarter, at a quarter size."""
+    import torch
+
+    from ris.models.losses import InstanceTargets
+
+    if not model.uses_instances:
+        return model.loss(outputs, target)
+    b, h, w = target.shape
+    other = torch.zeros_like(target)
+    other[:, h // 2 :, w // 2 :] = 1
+    objects = torch.stack([target, other], 1).float()
+    objects = (torch.nn.functional.adaptive_avg_pool2d(objects, (h // 4, w // 4)) > 0.5).to(torch.uint8)
+    return model.loss(outputs, target, InstanceTargets(objects, torch.full((b,), 2), torch.zeros(b, dtype=torch.long)))

@@ -15,6 +15,7 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 from torch import nn
 
 from ris.models import METHODS, ModelConfig, RISModel, build_model
+from tests.conftest import model_loss
 from tests.test_models import IMAGE, VOCAB, _model
 
 TOKENS = 8
@@ -56,7 +57,7 @@ def _step(model: RISModel) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     images, ids, mask, target = _batch()
     model.zero_grad(set_to_none=True)
     torch.manual_seed(123)
-    loss = model.loss(model(images, ids, mask), target)["loss"]
+    loss = model_loss(model, model(images, ids, mask), target)["loss"]
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -81,7 +82,7 @@ def test_gradients_equal_with_checkpointing_on_swin(method):
 def test_gradients_equal_coupalign_without_masks():
     plain, ckpt = _pair("coupalign")
     for m in (plain, ckpt):  # N = 0: CoupAlign's ablation without SMA (another head, same fusions)
-        m.num_masks = 0
+        m.num_masks, m.proposal_weight, m.selection_weight = 0, 0.0, 0.0
         m.classifier = nn.Conv2d(m.decoder.hidden, 1, 1)
     ckpt.classifier.load_state_dict(plain.classifier.state_dict())
     _assert_same_step(plain, ckpt)
@@ -118,7 +119,7 @@ def test_checkpointing_recomputes_in_backward(method):
     blocks = _count_calls(model, RECOMPUTED)
     fusions = _count_calls(model.fusions, (type(model.fusions[0]),))
     images, ids, mask, target = _batch()
-    loss = model.loss(model(images, ids, mask), target)["loss"]
+    loss = model_loss(model, model(images, ids, mask), target)["loss"]
     n_blocks = sum(isinstance(m, SwinTransformerBlock) for m in model.modules())
     assert n_blocks == 5 and set(blocks.values()) == {1} and len(blocks) == n_blocks + 3
     assert set(fusions.values()) == {1} and len(fusions) == 4

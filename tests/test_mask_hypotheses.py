@@ -116,8 +116,8 @@ def test_dataset_items_carry_the_images_objects(tiny_synthetic, tmp_path):
         k, t = int(item["num_instances"]), int(item["target_instance"])
         assert 2 <= k <= item["instances"].shape[0] and 0 <= t < k
         assert not item["instances"][k:].any()  # padding is empty
-        # the referred object is the target mask, at a quarter of the size
-        small = torch.nn.functional.interpolate(item["target"][None, None].float(), size=(8, 8))[0, 0]
+        # the referred object is the target mask, at half the size
+        small = torch.nn.functional.interpolate(item["target"][None, None].float(), size=(16, 16))[0, 0]
         agree = (item["instances"][t].bool() == small.bool()).float().mean()
         assert agree > 0.9
     assert np.isfinite(float(item["instances"].float().sum()))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ris.models import BACKBONES, METHODS, ModelConfig, RISModel, build_model
+from tests.conftest import model_loss
 
 IMAGE = 64  # tiny Swin: stage maps 16/8/4/2, window 4 (the last stage padded to it, as official Swin)
 VOCAB = 50
@@ -90,7 +91,7 @@ def test_forward_loss_backward(case):
     logits = out["logits"]
     assert logits.dim() == 4 and logits.shape[:2] == (2, 1)
     assert torch.isfinite(logits).all()
-    losses = model.loss(out, target)
+    losses = model_loss(model, out, target)
     loss = losses["loss"]
     assert loss.dim() == 0 and torch.isfinite(loss)
     for name, part in losses.items():
@@ -142,10 +143,10 @@ def test_coupalign_without_masks_has_no_sma():
     model = _model("coupalign", num_masks=0)
     heads = {n.split(".")[0] for n, _ in model.named_parameters()}
     assert heads == shared | {"classifier"}  # no query / query decoder / SMA parameters at N = 0
-    assert not [n for n in heads if "query" in n or "sma" in n]
+    assert not [n for n in heads if "query" in n or "hypotheses" in n]
     with_sma = _model("coupalign", num_masks=4)
     heads = {n.split(".")[0] for n, _ in with_sma.named_parameters()}
-    assert heads == shared | {"query_feat", "query_pos", "query_decoder", "sma_mask_head"}
+    assert heads == shared | {"query_feat", "query_pos", "query_decoder", "hypotheses"}
     assert with_sma.query_feat.num_embeddings == 4
     images, ids, mask, _ = _batch()
     out = with_sma(images, ids, mask)
@@ -170,7 +171,7 @@ def test_jmceln_stages():
     images, ids, mask, target = _batch()
     out = model(images, ids, mask)
     assert len(out["stage_logits"]) == 2 and out["logits"] is out["stage_logits"][-1]
-    losses = model.loss(out, target)
+    losses = model_loss(model, out, target)
     expected = (0.5 * losses["stage1"] + 1.0 * losses["stage2"]) / 1.5
     assert torch.allclose(losses["loss"].detach(), expected)
 
@@ -184,7 +185,7 @@ def test_overfits_one_batch(method):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first = last = None
     for _ in range(40):
-        loss = model.loss(model(images, ids, mask), target)["loss"]
+        loss = model_loss(model, model(images, ids, mask), target)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -22,7 +22,7 @@ import pytest
 from ris.catalog import options_markdown, read_catalog
 from ris.config import all_runs, run_config
 from ris.options import REQUIRED, Option, OptionError, resolve
-from tests.conftest import REPO, one_thread
+from tests.conftest import REPO, model_loss, one_thread
 
 GOLDEN = REPO / "tests" / "golden" / "default_models.json"
 
@@ -204,7 +204,7 @@ def test_the_docs_check_bites(tmp_path):
     shutil.copytree(REPO / "ris" / "models", models)
     src = (models / "coupalign.py").read_text()
     (models / "coupalign.py").write_text(
-        src.replace('Option("aux_weight", float, 0.1,', 'Option("aux_weight", float, 0.2,')
+        src.replace('Option("wpa_heads", int, 8,', 'Option("wpa_heads", int, 4,')
     )
     changed = read_catalog(models)
     assert changed.methods["coupalign"].options != read_catalog().methods["coupalign"].options
@@ -251,7 +251,7 @@ def default_models() -> dict:
                 images, ids, mask, target = _batch()
                 with torch.no_grad():
                     o = model(images, ids, mask)
-                    loss = model.loss(o, target)
+                    loss = model_loss(model, o, target)
                 lg = o["logits"]
                 out[f"tiny-{m}-{b}-n{n}"] = {
                     "keys": _fingerprint(model),

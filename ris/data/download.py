@@ -81,8 +81,6 @@ class RemoteFile:
         return cls(name, tuple(urls), entry.get("size"), entry.get("sha256"))
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # Verification
 # --------------------------------------------------------------------------------------------------
@@ -157,9 +155,7 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, _int_or_none(total) if total != "*" else None
 
 
-def _fetch_once(
-    remote: RemoteFile, url: str, part: Path, *, timeout: float, chunk_size: int, progress: bool
-) -> None:
+def _fetch_once(remote: RemoteFile, url: str, part: Path, *, timeout: float, chunk_size: int, progress: bool) -> None:
     """Fetch ``url`` into ``part``, resuming from its current size; raise :class:`_AttemptError`."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
@@ -231,19 +227,13 @@ def _fetch_once(
             raise _AttemptError(timeout_msg, retryable=True) from None
         raise _AttemptError(f"cannot reach {url}: {exc.reason}", retryable=True) from None
     except (http.client.HTTPException, OSError) as exc:
-        raise _AttemptError(
-            f"connection to {url} failed: {type(exc).__name__}: {exc}", retryable=True
-        ) from None
+        raise _AttemptError(f"connection to {url} failed: {type(exc).__name__}: {exc}", retryable=True) from None
 
     if length is not None and received < length:
-        raise _AttemptError(
-            f"connection to {url} closed early: received {received} of {length} bytes", retryable=True
-        )
+        raise _AttemptError(f"connection to {url} closed early: received {received} of {length} bytes", retryable=True)
     have = part.stat().st_size if part.exists() else 0
     if remote.size is not None and have < remote.size:
-        raise _AttemptError(
-            f"incomplete download from {url}: have {have} of {remote.size} bytes", retryable=True
-        )
+        raise _AttemptError(f"incomplete download from {url}: have {have} of {remote.size} bytes", retryable=True)
 
 
 def download(
@@ -286,9 +276,7 @@ def download(
             logger.warning("%s: discarding complete but corrupt %s (%s)", remote.name, part, problem)
             part.unlink()
         elif have > remote.size:
-            logger.warning(
-                "%s: discarding %s, larger than the expected %d bytes", remote.name, part, remote.size
-            )
+            logger.warning("%s: discarding %s, larger than the expected %d bytes", remote.name, part, remote.size)
             part.unlink()
 
     failures: list[tuple[str, str, int]] = []  # (url, last error, attempts)
@@ -411,9 +399,7 @@ def safe_extract(zip_path: Path | str, target_dir: Path | str) -> list[Path]:
 
         work_dir = Path(os.path.abspath(target_dir))
         work_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{work_dir.name}.", suffix=".extracting", dir=work_dir.parent)
-        )
+        staging = Path(tempfile.mkdtemp(prefix=f".{work_dir.name}.", suffix=".extracting", dir=work_dir.parent))
         try:
             for info, rel in members:
                 out = staging.joinpath(*rel.parts)
@@ -425,9 +411,7 @@ def safe_extract(zip_path: Path | str, target_dir: Path | str) -> list[Path]:
                     with archive.open(info) as src, open(out, "wb") as dst:
                         shutil.copyfileobj(src, dst, _HASH_CHUNK)
                 except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-                    raise DownloadError(
-                        f"{zip_path} is not a valid zip file: entry {info.filename!r}: {exc}"
-                    ) from exc
+                    raise DownloadError(f"{zip_path} is not a valid zip file: entry {info.filename!r}: {exc}") from exc
                 except (OSError, NotImplementedError) as exc:
                     raise DownloadError(f"{zip_path}: cannot extract entry {info.filename!r}: {exc}") from exc
             work_dir.mkdir(parents=True, exist_ok=True)
@@ -456,9 +440,7 @@ def _marker_valid(marker: Path, remote: RemoteFile) -> bool:
     return content == remote.sha256.lower()
 
 
-def fetch_and_extract(
-    remote: RemoteFile, download_dir: Path | str, extract_dir: Path | str, **kw: object
-) -> Path:
+def fetch_and_extract(remote: RemoteFile, download_dir: Path | str, extract_dir: Path | str, **kw: object) -> Path:
     """Download ``remote`` into ``download_dir`` and extract it into ``extract_dir``; return ``extract_dir``.
 
     Completion is recorded by the marker ``extract_dir/.<name>.extracted`` holding the archive's

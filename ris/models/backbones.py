@@ -135,9 +135,7 @@ def load_pretrained_file(backbone: StagedBackbone, path: str, family: str, size:
         raise ValueError(f"{path}: not a pretrained backbone file (expected format {PRETRAINED_FORMAT!r})")
     for name, want in (("family", family), ("size", size)):
         if data.get(name) != want:
-            raise ValueError(
-                f"{path}: field {name} is {data.get(name)!r}, but the model's backbone {name} is {want!r}"
-            )
+            raise ValueError(f"{path}: field {name} is {data.get(name)!r}, but the model's backbone {name} is {want!r}")
     try:
         backbone.load_state_dict(data["state_dict"])
     except RuntimeError as e:

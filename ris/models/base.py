@@ -15,7 +15,14 @@ from torch import nn
 
 from ris.models.backbones import load_pretrained_file, recomputed
 from ris.models.blocks import MaskHypotheses, PWAMFusion, QueryDecoder, TopDownDecoder
-from ris.models.losses import InstanceTargets, dice_loss, hypothesis_losses, resize_logits, weighted_bce
+from ris.models.losses import (
+    InstanceTargets,
+    dice_loss,
+    hypothesis_losses,
+    pixel_sentence_contrast,
+    resize_logits,
+    weighted_bce,
+)
 from ris.models.registry import BACKBONES, TEXT_ENCODERS, lookup
 from ris.options import MODEL_OPTIONS, Option, resolve
 
@@ -228,6 +235,15 @@ class RISModel(nn.Module):
         training then loads ``instances.parquet`` and passes them."""
         return self.proposal_weight > 0 or self.selection_weight > 0
 
+    def add_pixel_sentence_contrast(
+        self, losses: dict[str, torch.Tensor], outputs: dict[str, Any], target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``losses`` plus ``aux_weight`` times the contrast of the outputs' ``pixel_embed`` against their
+        ``sentence`` (:func:`ris.models.losses.pixel_sentence_contrast`, options ``aux_weight``, ``temperature``),
+        and the term, detached, as ``aux``."""
+        aux = pixel_sentence_contrast(outputs["pixel_embed"], outputs["sentence"], target, self.option("temperature"))
+        return {**losses, "loss": losses["loss"] + self.option("aux_weight") * aux, "aux": aux.detach()}
+
     def add_hypothesis_losses(
         self, losses: dict[str, torch.Tensor], outputs: dict[str, Any], instances: InstanceTargets | None
     ) -> dict[str, torch.Tensor]:
@@ -237,7 +253,7 @@ class RISModel(nn.Module):
             return losses
         if instances is None:
             raise ValueError(f"{self.cfg.method}: proposal_weight / selection_weight > 0 need instance targets")
-        h = hypothesis_losses(outputs["masks"], outputs["mask_weight_logits"], outputs["objectness"], instances)
+        h = hypothesis_losses(outputs["masks"], outputs["mask_weight_logits"], outputs.get("objectness"), instances)
         total = losses["loss"] + self.proposal_weight * h["proposal"] + self.selection_weight * h["selection"]
         return {**losses, "loss": total, **{k: v.detach() for k, v in h.items()}}
 

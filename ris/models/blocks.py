@@ -381,12 +381,20 @@ class MaskHypotheses(nn.Module):
     """N query embeddings -> N masks, how much each is an object, and the weights the prediction sums them with.
 
     The head that CoupAlign (sentence-mask alignment), EAVL (multi-mask generator + multi-query estimator) and
-    JMCELN (contextual masks) share: masks from a :class:`DynamicMaskHead`; weight logits either the scaled dot
-    product of each query with a sentence embedding (``scorer`` None) or a learned score of the query alone
-    (``scorer``, e.g. EAVL's estimator MLP); weights = softmax over the N; prediction = the weighted sum of the
-    mask logits (:func:`weighted_mask_sum`); and one objectness logit per mask (a linear map of its query), which
+    JMCELN (contextual masks) share. Masks: a :class:`DynamicMaskHead` over the pixel map. Weight logits, by
+    ``score``:
+
+    * ``"query"``: the scaled dot product of each query with a sentence embedding;
+    * ``"pixels"``: the cosine similarity of each mask's pixels (the pixel map averaged under the mask's
+      sigmoid) with the sentence embedding, divided by ``temperature``: the sentence weighs what the mask covers;
+    * ``"estimator"``: ``scorer(query)``, a learned score of the query alone (EAVL's estimator).
+
+    Weights = softmax over the N; prediction = the weighted sum of the mask logits (:func:`weighted_mask_sum`);
+    and one objectness logit per mask (a linear map of its query), which
     :func:`ris.models.losses.hypothesis_losses` trains with the masks' matching to the image's objects.
     """
+
+    SCORES = ("query", "pixels", "estimator")
 
     def __init__(
         self,
@@ -394,14 +402,16 @@ class MaskHypotheses(nn.Module):
         pixel_dim: int,
         mask_layers: int = 1,
         bias: bool = True,
+        score: str = "query",
+        temperature: float = 0.1,
         scorer: nn.Module | None = None,
-        pooled_temperature: float | None = None,
     ):
         super().__init__()
+        if score not in self.SCORES or (score == "estimator") != (scorer is not None):
+            raise ValueError(f"score must be one of {self.SCORES} (a scorer module with 'estimator' only): {score!r}")
         self.mask_head = DynamicMaskHead(q_dim, pixel_dim, layers=mask_layers, bias=bias)
-        self.scorer = scorer
-        self.pooled_temperature = pooled_temperature
-        self.objectness = nn.Linear(q_dim, 1)
+        self.score, self.temperature, self.scorer = score, temperature, scorer
+        self.objectness: nn.Linear | None = nn.Linear(q_dim, 1)
 
     def forward(
         self, queries: torch.Tensor, pixels: torch.Tensor, sentence: torch.Tensor | None = None
@@ -409,16 +419,14 @@ class MaskHypotheses(nn.Module):
         """``logits`` (B, 1, h, w), ``masks`` (B, N, h, w), ``mask_weights`` and ``mask_weight_logits``
         (B, N), ``objectness`` (B, N) and the ``queries`` (B, N, D) themselves."""
         masks = self.mask_head(queries, pixels)
-        if self.pooled_temperature is not None:
-            # each mask's pixels, pooled, against the sentence: cosine / temperature
-            pooled = torch.einsum("bnhw,bchw->bnc", masks.sigmoid(), pixels) / (
-                masks.sigmoid().sum((2, 3))[..., None] + 1e-6
-            )
+        if self.score != "estimator" and sentence is None:
+            raise ValueError(f"MaskHypotheses with score {self.score!r} weighs the masks by a sentence embedding")
+        if self.score == "pixels":
+            prob = masks.sigmoid()
+            pooled = torch.einsum("bnhw,bchw->bnc", prob, pixels) / (prob.sum((2, 3))[..., None] + 1e-6)
             scores = torch.einsum("bnc,bc->bn", F.normalize(pooled, dim=-1), F.normalize(sentence, dim=-1))
-            scores = scores / self.pooled_temperature
-        elif self.scorer is None:
-            if sentence is None:
-                raise ValueError("MaskHypotheses without a scorer weighs the masks by a sentence embedding")
+            scores = scores / self.temperature
+        elif self.score == "query":
             scores = torch.einsum("bnd,bd->bn", queries, sentence) / queries.shape[-1] ** 0.5
         else:
             scores = self.scorer(queries).squeeze(-1)
@@ -428,7 +436,7 @@ class MaskHypotheses(nn.Module):
             "masks": masks,
             "mask_weights": weights,
             "mask_weight_logits": scores,
-            "objectness": self.objectness(queries).squeeze(-1),
+            **({} if self.objectness is None else {"objectness": self.objectness(queries).squeeze(-1)}),
             "queries": queries,
         }
 

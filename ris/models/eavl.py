@@ -26,12 +26,21 @@ Our reading (options in brackets):
   ``hidden_dim`` 256 at paper size, 64 tiny];
 * Multi-Mask Generator: a linear layer turns each query into a 1x1 conv weight and bias over the pixel
   decoder output (:class:`DynamicMaskHead`, one layer);
-* Multi-Query Estimator: a 2-layer MLP scores each query, softmax over the queries; output logits =
-  score-weighted sum of the per-query mask logits (:func:`weighted_mask_sum`);
+* the masks are hypotheses of the image's objects, as CoupAlign's (:class:`ris.models.blocks.MaskHypotheses`;
+  docs/masks.md): trained on the referred mask alone the queries became one query (pairwise cosine 1.00)
+  with uniform scores, so each mask is matched to an object of the image [``proposal_weight`` 1.0] and the
+  scores learn to pick the referred object's mask [``selection_weight`` 0.1]
+  (:func:`ris.models.losses.hypothesis_losses`);
+* Multi-Query Estimator: each mask's score is the cosine similarity of its pixels (the pixel decoder output
+  averaged under the mask) with the sentence (projected masked mean of the words), divided by
+  ``temperature`` [``estimator`` pixels; ``query``: a 2-layer MLP of each query alone, which picked the
+  referred object less often, docs/masks.md]; softmax over the masks; output logits = the score-weighted sum
+  of the per-query mask logits; the pixel-sentence contrast of CoupAlign (:func:`pixel_sentence_contrast`)
+  trains the pixels that the scores read [``aux_weight`` 1.0, ``temperature`` 0.1];
 * number of queries: ``cfg.num_masks`` when > 0, else option ``num_queries`` (default 8, our choice);
   setting both to different values is an error;
 * loss: the shared mask loss (:meth:`RISModel.mask_loss`: LAVT's class-weighted BCE, plus Dice when the
-  ``dice_weight`` option is set) on the aggregated logits.
+  ``dice_weight`` option is set) on the aggregated logits, plus the contrast and the two hypothesis losses.
 """
 
 from __future__ import annotations
@@ -42,10 +51,10 @@ import torch
 from torch import nn
 
 from ris.models.base import ModelConfig, RISModel
-from ris.models.blocks import MLP, CrossAttention, MaskHypotheses, flatten_hw
+from ris.models.blocks import MLP, CrossAttention, MaskHypotheses, flatten_hw, masked_mean
 from ris.models.losses import InstanceTargets
 from ris.models.registry import register_method
-from ris.options import HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option
+from ris.options import CONTRAST_OPTIONS, HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, QUERY_DECODER_OPTIONS, Option
 
 
 class MultiQueryGenerator(nn.Module):
@@ -78,6 +87,14 @@ class EAVL(RISModel):
         HIDDEN_DIM,
         *QUERY_DECODER_OPTIONS,
         Option("num_queries", int, None, "queries when num_masks is 0 (null: 8); must equal num_masks if both", ge=1),
+        Option(
+            "estimator",
+            str,
+            "pixels",
+            "what scores a mask: its pixels against the sentence, or its query alone (an MLP)",
+            choices=["pixels", "query"],
+        ),
+        *CONTRAST_OPTIONS,
     )
 
     def __init__(self, cfg: ModelConfig):
@@ -94,8 +111,13 @@ class EAVL(RISModel):
         self.decoder = self.pixel_decoder()
         self.query_generator = MultiQueryGenerator(self.num_queries, chans[3], self.lang_dim, dim)
         self.query_decoder = self.build_query_decoder(dim)
-        # Multi-Mask Generator (a dynamic 1x1 conv per query) and Multi-Query Estimator (an MLP score per query)
-        self.hypotheses = MaskHypotheses(dim, self.decoder.hidden, mask_layers=1, bias=True, scorer=MLP(dim, dim, 1, 2))
+        # Multi-Mask Generator (a dynamic 1x1 conv per query) and Multi-Query Estimator (a score per mask)
+        pixels = self.option("estimator") == "pixels"
+        self.hypotheses = MaskHypotheses(
+            dim, self.decoder.hidden, 1, bias=True, score="pixels" if pixels else "estimator",
+            temperature=self.option("temperature"), scorer=None if pixels else MLP(dim, dim, 1, layers=2),
+        )  # fmt: skip
+        self.sentence_proj = nn.Linear(self.lang_dim, self.decoder.hidden)
         self.proposal_weight = self.option("proposal_weight")
         self.selection_weight = self.option("selection_weight")
 
@@ -105,10 +127,12 @@ class EAVL(RISModel):
         pix = self.decoder(feats)
         q, probes = self.query_generator(feats[3], words, attention_mask)
         q = self.query_decoder(q, feats, probes)
-        return self.hypotheses(q, pix)
+        sentence = self.sentence_proj(masked_mean(words, attention_mask))
+        return {"pixel_embed": pix, "sentence": sentence, **self.hypotheses(q, pix, sentence)}
 
     def loss(
         self, outputs: dict[str, Any], target: torch.Tensor, instances: InstanceTargets | None = None
     ) -> dict[str, torch.Tensor]:
         mask = self.mask_loss(outputs["logits"], target)
-        return self.add_hypothesis_losses({"loss": mask, "mask": mask.detach()}, outputs, instances)
+        losses = self.add_pixel_sentence_contrast({"loss": mask, "mask": mask.detach()}, outputs, target)
+        return self.add_hypothesis_losses(losses, outputs, instances)

@@ -13,9 +13,16 @@ followed because none is available to us.
   projected words plus the region of the current prediction (pixel features mask-pooled with the
   previous stage's sigmoid, a plain average at stage 1), and a GRU cell updates them with what they read;
 * each stage (:class:`ContextStage`, ``num_stages`` [3] of them, no weight sharing) predicts a mask:
-  every contextual vector becomes a dynamic 1x1 kernel (:class:`DynamicMaskHead`, 2-layer generator)
-  over the stage's pixel features, and the K masks are weighted by a softmax over K of their scaled dot
-  product with the projected sentence (masked mean of the words);
+  every contextual vector becomes a dynamic 1x1 kernel (2-layer generator) over the stage's pixel features,
+  and the K masks are weighted by a softmax over K of the cosine similarity between each mask's pixels (the
+  stage's features averaged under the mask) and the projected sentence (masked mean of the words), divided
+  by ``temperature`` (:class:`ris.models.blocks.MaskHypotheses`, score "pixels");
+* the K masks of the last stage are hypotheses of the image's objects, as CoupAlign's (docs/masks.md):
+  trained on the referred mask alone they were one mask (1.0 distinct masks per sample), so they are matched
+  to the image's objects [``proposal_weight`` 1.0] and the weights learn to pick the referred object's mask
+  [``selection_weight`` 0.1] (:func:`ris.models.losses.hypothesis_losses`); CoupAlign's pixel-sentence
+  contrast trains the last stage's features that the weights read [``aux_weight`` 1.0, ``temperature`` 0.1].
+  With K = 4, an image of more objects has its referred object and its 3 largest others matched;
 * Progressive Alignment: the previous stage's probability filters the current stage's features,
   ``refine(pixels * (1 + p_prev))`` (3x3 conv-BN-ReLU per stage); gradients flow through ``p_prev``;
 * deep supervision: the shared mask loss (:meth:`RISModel.mask_loss`) on every stage's logits,
@@ -33,18 +40,20 @@ from ris.models.base import ModelConfig, RISModel
 from ris.models.blocks import CrossAttention, MaskHypotheses, conv_bn_relu, mask_pool, masked_mean
 from ris.models.losses import InstanceTargets
 from ris.models.registry import register_method
-from ris.options import HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, Option
+from ris.options import CONTRAST_OPTIONS, HIDDEN_DIM, HYPOTHESIS_OPTIONS, PWAM_OPTIONS, Option
 
 
 class ContextStage(nn.Module):
     """One cascade stage: filter by the previous prediction, update the context, predict a mask."""
 
-    def __init__(self, pixel_dim: int, dim: int, heads: int):
+    def __init__(self, pixel_dim: int, dim: int, heads: int, temperature: float, objectness: bool):
         super().__init__()
         self.refine = conv_bn_relu(pixel_dim, dim)
         self.read = CrossAttention(dim, dim, dim, heads)
         self.update = nn.GRUCell(dim, dim)
-        self.hypotheses = MaskHypotheses(dim, dim, mask_layers=2, bias=True)
+        self.hypotheses = MaskHypotheses(dim, dim, 2, bias=True, score="pixels", temperature=temperature)
+        if not objectness:  # only the last stage's masks are matched to objects
+            self.hypotheses.objectness = None
 
     def forward(
         self,
@@ -65,7 +74,7 @@ class ContextStage(nn.Module):
         b, k, d = context.shape
         read = self.read(context, mem, mem_mask)
         context = self.update(read.reshape(b * k, d), context.reshape(b * k, d)).view(b, k, d)
-        return self.hypotheses(context, feats, sentence)
+        return {"pixel_embed": feats, **self.hypotheses(context, feats, sentence)}
 
 
 @register_method("jmceln")
@@ -80,6 +89,7 @@ class JMCELN(RISModel):
         Option("stage_weights", list, None, "loss weight of each stage (null: all 1.0)", items=float, ge=0),
         Option("context_tokens", int, 4, "learnable contextual embeddings (K)", ge=1),
         Option("heads", int, 8, "attention heads of each stage's read of words and region", ge=1),
+        *CONTRAST_OPTIONS,
     )
 
     def __init__(self, cfg: ModelConfig):
@@ -97,7 +107,10 @@ class JMCELN(RISModel):
         self.context = nn.Parameter(torch.randn(self.option("context_tokens"), dim))
         self.word_proj = nn.Linear(self.lang_dim, dim)
         self.sentence_proj = nn.Linear(self.lang_dim, dim)
-        self.stages = nn.ModuleList(ContextStage(self.decoder.hidden, dim, self.option("heads")) for _ in range(stages))
+        self.stages = nn.ModuleList(
+            ContextStage(self.decoder.hidden, dim, self.option("heads"), self.option("temperature"), i == stages - 1)
+            for i in range(stages)
+        )
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         words = self.encode_text(input_ids, attention_mask)
@@ -112,7 +125,7 @@ class JMCELN(RISModel):
             out = stage(pixels, context, words, attention_mask, sentence, out["logits"])
             context = out["queries"]
             all_logits.append(out["logits"])
-        return {**out, "stage_logits": all_logits}
+        return {**out, "stage_logits": all_logits, "sentence": sentence}
 
     def loss(
         self, outputs: dict[str, Any], target: torch.Tensor, instances: InstanceTargets | None = None
@@ -124,4 +137,5 @@ class JMCELN(RISModel):
             "mask": parts[-1].detach(),
             **{f"stage{i + 1}": p.detach() for i, p in enumerate(parts)},
         }
+        losses = self.add_pixel_sentence_contrast(losses, outputs, target)
         return self.add_hypothesis_losses(losses, outputs, instances)

@@ -108,19 +108,21 @@ class InstanceTargets:
         )
 
 
-def _resize_to(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(masks.shape[-2:]) == tuple(size):
-        return masks
-    return F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+def _objects_at(objects: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, K, H, W) 0/1 objects as float coverage at ``size`` (area averaging: a small object stays visible)."""
+    objects = objects.float()
+    if tuple(objects.shape[-2:]) == tuple(size):
+        return objects
+    return F.adaptive_avg_pool2d(objects, size)
 
 
-def _pair_costs(logits: torch.Tensor, objects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise mean BCE and Dice loss of (N, P) mask logits against (K, P) 0/1 objects: two (N, K) matrices."""
+def _pair_costs(logits: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """Pairwise mean BCE + Dice loss of (N, P) mask logits against (K, P) objects in [0, 1]: an (N, K) matrix."""
     p = logits.shape[1]
     bce = (F.softplus(-logits) @ objects.T + F.softplus(logits) @ (1.0 - objects).T) / p
     prob = logits.sigmoid()
     dice = 1.0 - (2.0 * prob @ objects.T + 1.0) / (prob.sum(1, keepdim=True) + objects.sum(1)[None, :] + 1.0)
-    return bce, dice
+    return bce + dice
 
 
 @torch.no_grad()
@@ -129,11 +131,12 @@ def match(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Hungarian matching of every image's N masks to its objects: (mask indices, object indices) per image.
 
-    With more objects than masks, the referred object and the largest others are matched.
+    Costs (mask BCE + Dice - objectness probability, as Mask2Former) at the masks' own resolution, the objects
+    area-averaged to it. With more objects than masks, the referred object and the largest others are matched.
     """
     b, n = masks.shape[:2]
-    logits = _resize_to(masks.float(), targets.masks.shape[-2:]).flatten(2)
-    objects = targets.masks.flatten(2).float()
+    logits = masks.float().flatten(2)
+    objects = _objects_at(targets.masks, masks.shape[-2:]).flatten(2)
     out = []
     for i in range(b):
         k = int(targets.count[i])
@@ -147,8 +150,7 @@ def match(
         if len(keep) == 0:
             out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
             continue
-        bce, dice = _pair_costs(logits[i], objects[i, keep])
-        cost = bce + dice
+        cost = _pair_costs(logits[i], objects[i, keep])
         if objectness is not None:
             cost = cost - objectness[i].float().sigmoid()[:, None]
         rows, cols = linear_sum_assignment(cost.cpu().numpy())
@@ -163,12 +165,10 @@ def hypothesis_losses(
     targets: InstanceTargets,
     no_object_weight: float = 0.1,
 ) -> dict[str, torch.Tensor]:
-    """``proposal`` (matched masks against their objects, BCE + Dice, plus objectness when given) and
-    ``selection`` (cross-entropy of the sentence's weight logits against the mask matched to the referred
-    object; 0 when no image of the batch has one), both scalars."""
+    """``proposal`` (each matched mask, upsampled to the objects' resolution, against its object: BCE + Dice; plus
+    objectness when given) and ``selection`` (cross-entropy of the sentence's weight logits against the mask
+    matched to the referred object; 0 when no image of the batch has one), both scalars."""
     pairs = match(masks, objectness, targets)
-    size = targets.masks.shape[-2:]
-    logits = _resize_to(masks, size)
     zero = masks.sum() * 0.0
     b, n = masks.shape[:2]
     pred, gold = [], []
@@ -179,7 +179,7 @@ def hypothesis_losses(
             continue
         r = torch.as_tensor(rows, device=masks.device)
         c = torch.as_tensor(cols, device=masks.device)
-        pred.append(logits[i, r])
+        pred.append(resize_logits(masks[i, r][None], targets.masks.shape[-2:])[0])  # the matched masks only
         gold.append(targets.masks[i, c].to(masks.dtype))
         obj_target[i, r] = 1.0
         hit = (c == targets.target[i]).nonzero()
@@ -187,14 +187,14 @@ def hypothesis_losses(
             chosen[i] = r[hit[0, 0]]
     proposal = zero
     if pred:
-        p, g = torch.cat(pred).flatten(1), torch.cat(gold).flatten(1)
+        p, g = torch.cat(pred).flatten(1).float(), torch.cat(gold).flatten(1).float()
         bce = F.binary_cross_entropy_with_logits(p, g)
         prob = p.sigmoid()
         dice = (1.0 - (2.0 * (prob * g).sum(1) + 1.0) / (prob.sum(1) + g.sum(1) + 1.0)).mean()
         proposal = bce + dice
     if objectness is not None:
         w = obj_target + (1.0 - obj_target) * no_object_weight
-        obj = F.binary_cross_entropy_with_logits(objectness, obj_target, reduction="none")
+        obj = F.binary_cross_entropy_with_logits(objectness.float(), obj_target.float(), reduction="none")
         proposal = proposal + (w * obj).sum() / w.sum()
     selection = zero
     picked = chosen >= 0
