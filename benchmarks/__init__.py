@@ -13,5 +13,6 @@ nothing in ``ris`` imports them.
     lavt_paper_forward  CPU inference time of LAVT at paper size, beside its parameter counts
     gpu_check           one-command check of the GPU path (training steps, evaluation rate, bf16 accuracy)
     plan_time           how long ``snakemake -n`` takes to plan the paper grid and the demo's
+    mask_variants       demo runs of CoupAlign/EAVL/JMCELN training variants over seeds: do N masks differ?
     bench_utils         shared helpers: the machine line, Markdown tables, the paper model's config, official LAVT
 """
