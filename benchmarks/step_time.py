@@ -48,8 +48,8 @@ def model_config(a: argparse.Namespace, method: str, backbone: str) -> ModelConf
 
 
 def random_objects(batch: int, k: int, size: int, device: torch.device) -> InstanceTargets:
-    """``k`` objects per image at the mask logits' resolution (random rectangles, the first one referred to),
-    for the models whose N masks learn the image's objects (``RISModel.uses_instances``)."""
+    """``k`` objects per image at half the input size, as training gives them (random rectangles, the first one
+    referred to), for the models whose N masks learn the image's objects (``RISModel.uses_instances``)."""
     g = torch.Generator().manual_seed(0)
     masks = torch.zeros(batch, k, size, size, dtype=torch.uint8)
     for i in range(batch):
@@ -81,7 +81,7 @@ def measure(a: argparse.Namespace, method: str, backbone: str, device: torch.dev
     ids = torch.randint(5, cfg.vocab_size, (b, a.tokens), device=device)
     am = torch.ones_like(ids)
     target = (torch.rand(b, size, size, device=device) > 0.9).to(torch.uint8)
-    instances = random_objects(b, a.objects, size // 4, device) if model.uses_instances else None
+    instances = random_objects(b, a.objects, size // 2, device) if model.uses_instances else None  # as training
     amp = a.precision != "fp32"
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float16
     for p in model.parameters():  # AdamW's state now, so that even the first measured step has the training peak
