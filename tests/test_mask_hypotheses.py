@@ -121,3 +121,4 @@ def test_dataset_items_carry_the_images_objects(tiny_synthetic, tmp_path):
         agree = (item["instances"][t].bool() == small.bool()).float().mean()
         assert agree > 0.9
     assert np.isfinite(float(item["instances"].float().sum()))
+

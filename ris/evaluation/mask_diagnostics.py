@@ -78,7 +78,7 @@ def query_cosine(queries: torch.Tensor) -> float:
     n = queries.shape[0]
     if n < 2:
         return 1.0
-    q = F.normalize(queries.double(), dim=1)
+    q = F.normalize(queries.detach().double(), dim=1)
     sim = q @ q.T
     return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
 
