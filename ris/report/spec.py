@@ -43,11 +43,11 @@ def demo_note(config: dict, datasets: Iterable[str]) -> str:
 
 def table_spec(config: dict, name: str) -> dict[str, Any]:
     """Resolve the declaration of table ``name`` in ``config`` into what ``ris tables`` needs."""
-    from ris.config import dataset_for, dropped_num_masks, scale_table_runs
+    from ris.config import dataset_for, dropped_num_masks, rehearsal_note, scale_table_runs
 
     t = config["tables"][name]
     caption = t.get("caption", name)
-    note = demo_note(config, t["datasets"])
+    note = " ".join(x for x in (rehearsal_note(config), demo_note(config, t["datasets"])) if x)
     if dropped := dropped_num_masks(config, name):
         listed = ", ".join(str(n) for n in dropped)
         where = f"scales.{config['scale']}.num_masks"

@@ -13,6 +13,8 @@ from ris.config import (
     pretrain_config,
     pretrained_path,
     refer_dir,
+    rehearsal_mem_mb,
+    rehearsing,
     released_checkpoint,
     run_config,
     table_evaluations,
@@ -98,6 +100,12 @@ def text_features(wildcards):
 def pretrained_input(wildcards):
     """The pretraining job's weights of the run's backbone where the scale pretrains its own (demo), else none."""
     return [pretrained_path(config, wildcards.backbone)] if pretrain_backbones(config) else []
+
+
+def rehearsal_temp(path):
+    """A rehearsal's checkpoints (random weights, ~1 GB each) are deleted once evaluated (Snakemake temp()); a real
+    run's are kept."""
+    return temp(path) if rehearsing(config) else path
 
 
 def run_model(wildcards):
