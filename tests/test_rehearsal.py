@@ -21,8 +21,9 @@ from tests.test_pipeline import copy_workflow, snakemake
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 REHEARSE = ("--config", "scale=paper", "rehearsal=true")
-#: The jobs a rehearsal adds to the paper DAG with `paper_data:` set: the copy it reads, and its summary.
-ADDED = {("rehearsal_data", ""), ("rehearsal", "")}
+#: The jobs a rehearsal adds to the paper DAG with `paper_data:` set: the copy it reads, the stats plan and report,
+#: and its summary.
+ADDED = {("rehearsal_data", ""), ("rehearsal_report", ""), ("rehearsal", "")}
 #: The subset of the one-run rehearsal: one training (the cheapest backbone), its evaluation, one table.
 ONE_RUN_TABLE = "backbone_darknet53"
 JOB = re.compile(r"^(?:local)?rule (\w+):$")
@@ -72,7 +73,8 @@ def own_copy(tmp_path: Path, cfg: dict) -> None:
 
 def test_rehearsal_runs_the_paper_dry_runs_jobs(tmp_path):
     """Same rules and run names as the paper DAG: with `paper_data:` set (the rehearsal reads its copy that way)
-    it adds exactly rehearsal_data and rehearsal; the paper DAG without `paper_data:` has the 4 downloads instead."""
+    it adds exactly rehearsal_data, rehearsal_report and rehearsal; the paper DAG without `paper_data:` has the 4
+    downloads instead."""
     rehearsal = snakemake(workdir(tmp_path / "r"), "-n", *REHEARSE)
     assert rehearsal.returncode == 0, rehearsal.stdout + rehearsal.stderr
     paper_own = snakemake(workdir(tmp_path / "p", lambda c: own_copy(tmp_path, c)), "-n", "--config", "scale=paper")
@@ -206,3 +208,26 @@ def test_one_run_rehearsal_trains_evaluates_and_tabulates(tmp_path, monkeypatch)
     assert copy["paper_data"]["refer_root"] is None  # the user's setting is not touched
     shutil.rmtree(work / "data")  # ~1 GB of checkpoints and images: leave no large temp files behind
     shutil.rmtree(work / "results")
+
+
+def test_summary_reports_cost_peak_memory_weights_plan_and_limits(tmp_path):
+    from ris.report.rehearsal import CANNOT_CHECK, plan_counts, write_summary
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rule, name, s, rss, pss in [("train", "refcoco/lavt-swin_b-n0-s0", 90.0, 30000.0, 5000.0),
+                                    ("evaluate", "refcoco/lavt-swin_b-n0-s0", 40.0, 9000.0, 2600.0)]:  # fmt: skip
+        path = tmp_path / "job_costs" / rule / f"{name}.tsv"
+        path.parent.mkdir(parents=True)
+        path.write_text(header + f"{s}\t0:01:30\t{rss}\t1\t1\t{pss}\t0\t0\t1\t10\n")
+    run = tmp_path / "runs" / "refcoco" / "lavt-swin_b-n0-s0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"rehearsal": {"random_weights": ["backbone", "text"]}}))
+    plan = "Job stats:\njob  count\n---  -----\ntrain  12\nstats_table  1\ntotal  13\n"
+    (tmp_path / "plan.txt").write_text(plan)
+    assert plan_counts(plan) == {"train": 12, "stats_table": 1}
+    text = write_summary(tmp_path, tmp_path / "plan.txt", tmp_path / "report.html", tmp_path / "rehearsal.md")
+    assert (tmp_path / "rehearsal.md").read_text() == text
+    assert "| train | 1 | 90.0 | 90.0 | 30000 | 5000 |" in text
+    assert "Peak memory of any job: 4.88 GiB PSS (within the 12 GiB budget), 29.30 GiB RSS" in text
+    assert "1 of 1 runs trained from RANDOM weights (backbone, text)" in text
+    assert "- train: 12" in text and all(item in text for item in CANNOT_CHECK)

@@ -8,6 +8,7 @@
 # Outputs: <results_dir>/rehearsal/{rehearsal.md,stats_plan.txt,report.html,rehearsal_config.json}.
 import shlex
 import sys
+from pathlib import Path
 
 from ris.config import rehearsal_copy, rehearsing
 from ris.report.rehearsal import CANNOT_CHECK
@@ -99,7 +100,8 @@ if REHEARSAL:
             " --report {input.report:q} --out {output:q} > {log} 2>&1"
 
     onsuccess:
-        print("\nRehearsal: every job of the DAG ran on a slice; what it cannot check:", file=sys.stderr)
+        print("\nRehearsal finished. What a rehearsal on the CPU cannot check:", file=sys.stderr)
         for item in CANNOT_CHECK:
             print(f"  - {item}", file=sys.stderr)
-        print(f"Summary (cost, peak memory, weights, stats plan): {RESULTS}/rehearsal.md", file=sys.stderr)
+        if Path(REHEARSAL_TARGETS[0]).exists():
+            print(f"Summary (cost, peak memory, weights, stats plan): {REHEARSAL_TARGETS[0]}", file=sys.stderr)
