@@ -2,7 +2,8 @@
 # `snakemake --cores 2` runs the whole DAG at the scale named in config.yaml (demo by default).
 import copy
 
-from ris.config import rehearsal_overlay, validate
+from ris.config import validate
+from ris.rehearsal import rehearsal_overlay
 
 configfile: "config.yaml"
 

@@ -76,7 +76,6 @@ def validate(config: dict, schema_path: Path, source: str = "config.yaml", catal
                 )
     _validate_stats(config, source)
     _validate_pretrain(config, source)
-    _validate_rehearsal(config, source)
 
 
 def _schema(config: dict, schema_path: Path, cat: Catalog) -> dict:
@@ -293,6 +292,13 @@ def tracking_uri(config: dict) -> str:
     return "sqlite:///" + str(Path(config["results_dir"]).resolve() / "mlflow.db")
 
 
+def rehearsing(config: dict) -> bool:
+    """``rehearsal:`` as a boolean (ris/rehearsal.py): true/false in config.yaml, or the string that
+    ``--config rehearsal=true`` gives."""
+    value = config.get("rehearsal", False)
+    return value if isinstance(value, bool) else str(value).lower() == "true"
+
+
 def experiment_name(config: dict, dataset: str) -> str:
     """One MLflow experiment per (scale, dataset); a rehearsal's runs in their own (``ris-paper-rehearsal-...``)."""
     return f"ris-{config['scale']}{'-rehearsal' if rehearsing(config) else ''}-{dataset}"
@@ -327,7 +333,8 @@ def run_config(config: dict, key: RunKey) -> dict[str, Any]:
             "options": {**copy.deepcopy(p.get("model_options", {})), **copy.deepcopy(method.get("options", {}))},
         },
         "train": train,
-        **rehearsal_run_settings(config),
+        # a rehearsal's (ris/rehearsal.py): the packaged tokenizer that replaces the hub's where the hub is unreachable
+        **({"rehearsal": {"vocabulary": config["rehearsal_slice"]["vocabulary"]}} if rehearsing(config) else {}),
         "tracking": {
             "uri": tracking_uri(config),
             "experiment": experiment_name(config, key.dataset),
@@ -453,85 +460,3 @@ def prepare_inputs(config: dict, dataset: str) -> list[str]:
         inputs.append(extracted_marker(config, "train2014.zip"))
     return inputs
 
-
-# --- the rehearsal (`rehearsal: true`; docs/scales.md) ------------------------------------------------------------
-
-#: The sub-folder of ``results_dir`` and ``data_dir`` a rehearsal writes to: its outputs never mix with a real run's.
-REHEARSAL_DIR = "rehearsal"
-
-
-def rehearsing(config: dict) -> bool:
-    """``rehearsal:`` as a boolean: true/false in config.yaml, or the string ``--config rehearsal=true`` gives."""
-    value = config.get("rehearsal", False)
-    return value if isinstance(value, bool) else str(value).lower() == "true"
-
-
-def rehearsal_copy(config: dict) -> dict[str, str]:
-    """Where the rehearsal's DAG writes its REFER copy (rule ``rehearsal_data``), as ``paper_data`` names a user's
-    own copy: ``refer_root`` (refcoco/, refcoco+/, refcocog/) and ``coco_images`` (COCO_train2014_*.jpg)."""
-    root = Path(config["data_dir"]) / "user_copy"
-    return {"refer_root": str(root / "refer"), "coco_images": str(root / "train2014")}
-
-
-def rehearsal_overlay(config: dict) -> dict:
-    """The configuration a rehearsal runs, from a validated one with ``rehearsal: true`` (else ``config``).
-
-    The active preset's DAG unchanged (datasets, tables, runs, seeds, rules) on a slice: outputs under
-    ``<results_dir>/rehearsal`` and ``<data_dir>/rehearsal``, the data read through ``paper_data`` from the copy the
-    DAG makes (:func:`rehearsal_copy`), ``rehearsal_slice.train`` over the preset's and every method's ``train``
-    (few steps, small batch, the CPU), ``rehearsal_slice.evaluate`` over its ``evaluate`` (the device). Every
-    other setting of the preset (model size, options, optimizer, micro-batch, image size) is the preset's own.
-    """
-    if not rehearsing(config):
-        return {**config, "rehearsal": False}
-    out = copy.deepcopy(config)
-    out["rehearsal"] = True
-    cut = out["rehearsal_slice"]
-    out["results_dir"] = str(Path(config["results_dir"]) / REHEARSAL_DIR)
-    out["data_dir"] = str(Path(config["data_dir"]) / REHEARSAL_DIR)
-    out["paper_data"] = rehearsal_copy(out)
-    p = preset(out)
-    p["train"].update(cut.get("train", {}))
-    p["evaluate"] = {**p.get("evaluate", {}), **cut.get("evaluate", {})}
-    for method in out["methods"].values():
-        if "train" in method:
-            method["train"].update(cut.get("train", {}))
-    return out
-
-
-def rehearsal_run_settings(config: dict) -> dict[str, Any]:
-    """What a rehearsal adds to a run config (``{}`` otherwise): ``rehearsal.vocabulary``, the packaged model whose
-    tokenizer (the bert-base-uncased vocabulary) replaces the hub's where the hub is unreachable (ris.training)."""
-    if not rehearsing(config):
-        return {}
-    return {"rehearsal": {"vocabulary": config["rehearsal_slice"]["vocabulary"]}}
-
-
-def rehearsal_mem_mb(config: dict, rule: str) -> dict[str, int]:
-    """``{"mem_mb": N}`` of a rule's jobs in a rehearsal (``rehearsal_slice.mem_mb``), else ``{}`` (the profile's)."""
-    mem = (config.get("rehearsal_slice") or {}).get("mem_mb", {}) if rehearsing(config) else {}
-    return {"mem_mb": int(mem[rule])} if rule in mem else {}
-
-
-def rehearsal_note(config: dict) -> str:
-    """The caption sentence of a rehearsal's tables: their numbers measure nothing."""
-    if not rehearsing(config):
-        return ""
-    return (
-        "REHEARSAL: every job of this scale ran on a slice (a generated REFER copy, a few optimizer steps, "
-        "random weights where the hub was unreachable): the reproduced numbers measure nothing."
-    )
-
-
-def _validate_rehearsal(config: dict, source: str) -> None:
-    """``rehearsal: true`` needs ``rehearsal_slice`` and a grid trained on REFER datasets (the copy's)."""
-    if not rehearsing(config):
-        return
-    if not config.get("rehearsal_slice"):
-        raise ConfigError(f"{source}: field rehearsal_slice: required with rehearsal: true")
-    sources = {config["datasets"][k.dataset]["source"] for k in all_runs(config)}
-    if "refer" not in sources:
-        raise ConfigError(
-            f"{source}: field rehearsal: true rehearses a scale that trains on the REFER datasets (e.g. "
-            f"--config scale=paper rehearsal=true); scale {config['scale']!r} trains on {', '.join(sorted(sources))}"
-        )

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ris.config import load_yaml, rehearsal_overlay, rehearsing, run_config, table_runs, validate
+from ris.config import load_yaml, rehearsing, run_config, table_runs, validate
+from ris.rehearsal import rehearsal_overlay
 from ris.training.offline import hub_parts, packaged_vocabulary, resolve_hub_weights
 from tests.conftest import REPO
 from tests.test_pipeline import copy_workflow, snakemake
@@ -122,8 +123,9 @@ def test_rehearsal_runs_the_paper_preset_on_a_slice(config):
 
 def test_rehearsal_of_a_scale_without_refer_data_is_refused(config):
     config["rehearsal"] = True
+    validate(config, SCHEMA)
     with pytest.raises(ValueError, match="rehearsal: true rehearses a scale that trains on the REFER datasets"):
-        validate(config, SCHEMA)
+        rehearsal_overlay(config)
 
 
 def test_offline_rehearsal_runs_get_random_weights_and_the_packaged_vocabulary(config):

@@ -43,7 +43,8 @@ def demo_note(config: dict, datasets: Iterable[str]) -> str:
 
 def table_spec(config: dict, name: str) -> dict[str, Any]:
     """Resolve the declaration of table ``name`` in ``config`` into what ``ris tables`` needs."""
-    from ris.config import dataset_for, dropped_num_masks, rehearsal_note, scale_table_runs
+    from ris.config import dataset_for, dropped_num_masks, scale_table_runs
+    from ris.rehearsal import rehearsal_note
 
     t = config["tables"][name]
     caption = t.get("caption", name)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ris.data.tokenizer import load_tokenizer
-from ris.pretrained import is_packaged
+from ris.text_weights import is_packaged
 
 log = logging.getLogger(__name__)
 

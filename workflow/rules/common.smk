@@ -13,8 +13,6 @@ from ris.config import (
     pretrain_config,
     pretrained_path,
     refer_dir,
-    rehearsal_mem_mb,
-    rehearsing,
     released_checkpoint,
     run_config,
     table_evaluations,
@@ -22,6 +20,7 @@ from ris.config import (
     text_features_path,
     tracking_uri,
 )
+from ris.rehearsal import rehearsal_mem_mb, rehearsing
 
 
 wildcard_constraints:

@@ -1,5 +1,5 @@
 # The rehearsal (`snakemake --cores 2 --config scale=paper rehearsal=true`; docs/scales.md): the jobs of the scale's
-# DAG, unchanged, on a slice (ris/config.py rehearsal_overlay). This file adds its three jobs:
+# DAG, unchanged, on a slice (ris/rehearsal.py rehearsal_overlay). This file adds its three jobs:
 #   rehearsal_data  the paper data's stand-in: a RefCOCO-shaped REFER copy of every REFER dataset of config.yaml,
 #                   where paper_data: (set by the overlay) reads it, as a user's own copy
 #   rehearsal_report  the stats target's plan (snakemake -n stats) and the Snakemake report
@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ris.config import rehearsal_copy, rehearsing
+from ris.rehearsal import rehearsal_copy, rehearsing
 from ris.report.rehearsal import CANNOT_CHECK
 
 REHEARSAL = rehearsing(config)
@@ -84,7 +84,8 @@ if REHEARSAL:
     rule rehearsal:
         # Last: rehearsal.md, from every job's cost file, the runs' configurations and the stats plan.
         input:
-            rules.rehearsal_report.output,
+            stats_plan=rules.rehearsal_report.output.stats_plan,
+            report=rules.rehearsal_report.output.report,
         output:
             f"{RESULTS}/rehearsal.md",
         params:
