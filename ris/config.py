@@ -459,4 +459,3 @@ def prepare_inputs(config: dict, dataset: str) -> list[str]:
     if d["source"] == "refer" and not _paper_data(config).get("coco_images"):
         inputs.append(extracted_marker(config, "train2014.zip"))
     return inputs
-

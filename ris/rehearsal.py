@@ -57,8 +57,9 @@ def rehearsal_overlay(config: dict, source: str = "config.yaml") -> dict:
     The active preset's DAG unchanged (datasets, tables, runs, seeds, rules) on a slice: outputs under
     ``<results_dir>/rehearsal`` and ``<data_dir>/rehearsal``, the data read through ``paper_data`` from the copy the
     DAG makes (:func:`rehearsal_copy`), ``rehearsal_slice.train`` over the preset's and every method's ``train``
-    (few steps, small batch, the CPU), ``rehearsal_slice.evaluate`` over its ``evaluate`` (the device). Every
-    other setting of the preset (model size, options, optimizer, micro-batch, image size) is the preset's own.
+    (few steps, small batch, the CPU), ``rehearsal_slice.evaluate`` over its ``evaluate`` (the device, threads,
+    loader workers), ``rehearsal_slice.threads`` over its ``threads``. Every other setting of the preset (model
+    size, options, optimizer, micro-batch, image size, precision of evaluation) is the preset's own.
     """
     if not rehearsing(config):
         return {**config, "rehearsal": False}
@@ -72,6 +73,8 @@ def rehearsal_overlay(config: dict, source: str = "config.yaml") -> dict:
     p = preset(out)
     p["train"].update(cut.get("train", {}))
     p["evaluate"] = {**p.get("evaluate", {}), **cut.get("evaluate", {})}
+    if "threads" in cut:
+        p["threads"] = cut["threads"]
     for method in out["methods"].values():
         if "train" in method:
             method["train"].update(cut.get("train", {}))

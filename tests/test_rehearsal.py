@@ -96,7 +96,8 @@ def test_rehearsal_lint_is_clean(tmp_path):
 
 def test_rehearsal_runs_the_paper_preset_on_a_slice(config):
     """Every run keeps the paper preset (480 px, full models, optimizer groups, checkpointing, micro-batch auto,
-    the preset's evaluate settings); only rehearsal_slice changes (two steps of 2 images on the CPU, bf16)."""
+    the preset's evaluate precision and batch); only rehearsal_slice changes (two steps of one image on the CPU
+    under bf16, one thread, fewer loader workers)."""
     config.update(scale="paper", rehearsal="true")  # the string `--config rehearsal=true` gives
     validate(config, SCHEMA)
     assert rehearsing(config)
@@ -112,12 +113,13 @@ def test_rehearsal_runs_the_paper_preset_on_a_slice(config):
             k: v for k, v in p["train"].items() if k not in config["rehearsal_slice"]["train"]
         }
         assert r["train"]["optimizer"] == "lavt_official" and r["train"]["micro_batch_size"] == "auto"
-        assert (r["train"]["batch_size"], r["train"]["max_steps_per_epoch"], r["train"]["device"]) == (2, 2, "cpu")
+        assert (r["train"]["batch_size"], r["train"]["max_steps_per_epoch"], r["train"]["device"]) == (1, 2, "cpu")
         assert r["tracking"]["experiment"] == f"ris-paper-rehearsal-{key.dataset}"
         assert r["tracking"]["tags"]["rehearsal"] == "true" and r["rehearsal"]["vocabulary"] == "all-MiniLM-L6-v2"
         assert r["data"]["prepared_dir"].startswith("data/rehearsal/") and "rehearsal" not in p
     evaluate = over["scales"]["paper"]["evaluate"]
-    assert evaluate == {**config["scales"]["paper"]["evaluate"], "device": "cpu"}
+    assert evaluate == {**config["scales"]["paper"]["evaluate"], "device": "cpu", "threads": 1, "num_workers": 1}
+    assert (evaluate["precision"], evaluate["batch_size"]) == ("bf16", 16)  # the paper's
     assert over["paper_data"]["refer_root"] == "data/rehearsal/user_copy/refer"
 
 
