@@ -25,8 +25,8 @@ CANNOT_CHECK = (
     "(same architectures and shapes; see the runs listed above).",
     "The real data: the RefCOCO/RefCOCO+/RefCOCOg annotations and COCO train2014 images (their download, "
     "checksums, long sentences, image decoding at scale): the rehearsal reads a generated copy of a few images.",
-    "Accuracy, convergence and the time and memory of 40 epochs at batch 32: two optimizer steps of 2 images "
-    "per run; its tables' numbers measure nothing.",
+    "Accuracy, convergence and the time and memory of 40 epochs at batch 32: a rehearsal run takes a few "
+    "optimizer steps of a few images; its tables' numbers measure nothing.",
 )
 
 _JOB_COUNT = re.compile(r"^([A-Za-z_][\w]*)\s+(\d+)$")

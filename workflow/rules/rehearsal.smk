@@ -61,7 +61,7 @@ if REHEARSAL:
             stats_plan=f"{RESULTS}/stats_plan.txt",
             report=f"{RESULTS}/report.html",
         params:
-            config=json.dumps(CONFIG_AS_GIVEN, sort_keys=True),
+            config=json.dumps(CONFIG_AS_GIVEN),  # key order kept: the nested plan's params equal this run's
             # the stats target's plan, or a line saying there is none (no stats: section)
             plan=lambda wildcards, output: (
                 f"{NESTED} --configfile {shlex.quote(output.config)} -n stats"
