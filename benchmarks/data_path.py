@@ -3,7 +3,7 @@
 What one item of :class:`ris.data.dataset.ReferSplit` costs at 480x480: read + JPEG decode, resize,
 normalisation, RLE decode, mask resize (and tokenisation, done once for the whole split in ``__init__``,
 shown per sample). Everything is generated in a temporary folder: a REFER set from
-``benchmarks/prepare_benchmark.py``'s generator (COCO-like polygons, image sizes around 640x480),
+``ris/data/fake_refer.py``'s full-size generator (COCO-like polygons, image sizes around 640x480),
 one JPEG per image with photo-like content (~100 KB at quality 90, COCO train2014 averages ~160 KB),
 then the real ``ris prepare`` into Parquet, then the real ``ReferSplit``.
 
@@ -51,9 +51,9 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from benchmarks.bench_utils import machine, markdown
-from benchmarks.prepare_benchmark import generate_refer
 from ris.data import dataset as ds_module
 from ris.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ReferSplit
+from ris.data.fake_refer import generate_refer
 from ris.data.prepare import prepare, read_split
 from ris.data.refer import decode_rle
 from ris.data.tokenizer import build_vocab, encode, load_tokenizer

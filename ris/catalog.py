@@ -23,8 +23,8 @@ from ris.options import MODEL_OPTIONS, MODEL_SETTINGS, TRAIN_OPTIONS, Option, Op
 __all__ = ["MODELS_DIR", "RUN_SECTIONS", "Catalog", "Method", "check_run_settings", "options_markdown", "read_catalog"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-#: The top-level keys of a run config (``ris.config.run_config``).
-RUN_SECTIONS = ("run", "dataset", "seed", "data", "model", "train", "tracking")
+#: The top-level keys of a run config (``ris.config.run_config``; ``rehearsal`` in a rehearsal's runs only).
+RUN_SECTIONS = ("run", "dataset", "seed", "data", "model", "train", "tracking", "rehearsal")
 _REGISTER = ("register_method", "register_backbone", "register_text_encoder")
 _NAMESPACE = {
     **{n: getattr(opts, n) for n in opts.__all__},

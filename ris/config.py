@@ -313,9 +313,16 @@ def tracking_uri(config: dict) -> str:
     return "sqlite:///" + str(Path(config["results_dir"]).resolve() / "mlflow.db")
 
 
+def rehearsing(config: dict) -> bool:
+    """``rehearsal:`` as a boolean (ris/rehearsal.py): true/false in config.yaml, or the string that
+    ``--config rehearsal=true`` gives."""
+    value = config.get("rehearsal", False)
+    return value if isinstance(value, bool) else str(value).lower() == "true"
+
+
 def experiment_name(config: dict, dataset: str) -> str:
-    """One MLflow experiment per (scale, dataset)."""
-    return f"ris-{config['scale']}-{dataset}"
+    """One MLflow experiment per (scale, dataset); a rehearsal's runs in their own (``ris-paper-rehearsal-...``)."""
+    return f"ris-{config['scale']}{'-rehearsal' if rehearsing(config) else ''}-{dataset}"
 
 
 def run_config(config: dict, key: RunKey) -> dict[str, Any]:
@@ -347,6 +354,8 @@ def run_config(config: dict, key: RunKey) -> dict[str, Any]:
             "options": {**copy.deepcopy(p.get("model_options", {})), **copy.deepcopy(method.get("options", {}))},
         },
         "train": train,
+        # a rehearsal's (ris/rehearsal.py): the packaged tokenizer that replaces the hub's where the hub is unreachable
+        **({"rehearsal": {"vocabulary": config["rehearsal_slice"]["vocabulary"]}} if rehearsing(config) else {}),
         "tracking": {
             "uri": tracking_uri(config),
             "experiment": experiment_name(config, key.dataset),
@@ -358,6 +367,7 @@ def run_config(config: dict, key: RunKey) -> dict[str, Any]:
                 "num_masks": str(key.num_masks),
                 "seed": str(key.seed),
                 "tables": ",".join(tables),
+                **({"rehearsal": "true"} if rehearsing(config) else {}),
             },
         },
     }

@@ -117,7 +117,7 @@ def test_every_stage_is_a_package_and_the_top_is_small():
     for stage in STAGES:
         assert (PACKAGE / stage / "__init__.py").is_file(), stage
     top = {p.stem for p in PACKAGE.glob("*.py")}
-    shared = {"utils", "config", "metrics", "text_weights", "lock", "options", "catalog"}
+    shared = {"utils", "config", "rehearsal", "metrics", "text_weights", "lock", "options", "catalog"}
     assert top <= {"__init__", "__main__", "cli"} | shared, top
 
 

@@ -36,7 +36,7 @@ def test_the_docstring_lists_every_subcommand_under_its_module():
     defined = {module: names(getattr(ris.cli, module).COMMANDS) for module in listed}
     assert listed == defined
     assert [n for module in listed.values() for n in module] == cli_subcommands()  # all of them, in --help order
-    assert len(cli_subcommands()) == 16
+    assert len(cli_subcommands()) == 18
 
 
 def dag_commands(tmp_path, scale: str, *targets: str, configfile=None) -> list[str]:
@@ -54,7 +54,7 @@ def dag_commands(tmp_path, scale: str, *targets: str, configfile=None) -> list[s
 
 def test_every_command_the_dag_runs_parses(tmp_path):
     """Each rule's shell line, as Snakemake fills it in, is a valid ``ris`` command line (demo: every target; paper:
-    with a released checkpoint, so that import-checkpoint is planned too)."""
+    with a released checkpoint, so that import-checkpoint is planned too; the paper rehearsal)."""
     weights = tmp_path / "refcoco.pth"
     weights.write_bytes(b"")
     released = {"method": "lavt", "backbone": "swin_b", "format": "lavt", "checkpoints": {"refcoco": str(weights)}}
@@ -62,6 +62,9 @@ def test_every_command_the_dag_runs_parses(tmp_path):
     extra.write_text(yaml.safe_dump({"released_weights": [released]}))
     lines = dag_commands(tmp_path / "demo", "demo", "all", "stats", "job_costs")
     lines += dag_commands(tmp_path / "paper", "paper", "all", configfile=extra)
+    rehearsal = tmp_path / "rehearsal.yaml"
+    rehearsal.write_text(yaml.safe_dump({"rehearsal": True}))
+    lines += dag_commands(tmp_path / "rehearsal", "paper", "all", configfile=rehearsal)
     parser, seen = build_parser(), set()
     for line in lines:
         argv = shlex.split(line)[3:]

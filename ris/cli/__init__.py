@@ -1,8 +1,9 @@
 """The ``ris`` command: one sub-command per job kind of the DAG (each Snakemake rule calls one), and two for
 people (``predict``, ``runs``). Each sub-command's arguments sit beside its handler, in the module of its stage.
 
-ris/cli/data.py        (workflow/rules/data.smk)
+ris/cli/data.py        (workflow/rules/data.smk, rehearsal.smk)
     ris synthesize         demo data in the REFER format
+    ris fake-refer         the rehearsal's RefCOCO-shaped REFER copy of every paper dataset (rehearsal.smk)
     ris download           fetch, verify and safely extract a dataset archive
     ris prepare            REFER files -> one Parquet table per split
     ris encode-text        a frozen text encoder's features of every sentence of a dataset -> one file
@@ -15,12 +16,13 @@ ris/cli/evaluation.py  (workflow/rules/evaluate.smk)
     ris evaluate           evaluate a checkpoint on prepared splits -> <split>/metrics.json
     ris baselines          score sentence-blind baselines (all foreground, random/largest object) on a split
     ris predict            segment what a sentence refers to in an image, with a trained checkpoint
-ris/cli/report.py      (workflow/rules/report.smk, stats.smk)
+ris/cli/report.py      (workflow/rules/report.smk, stats.smk, rehearsal.smk)
     ris tables             a paper table from metrics.json files and published numbers (CSV, Markdown, LaTeX, HTML)
     ris plot               a table's figures (precision, num_masks, training, qualitative; PNG and PDF)
     ris expression-types   mIoU and RefAcc per expression type of the synthetic sentences (demo)
     ris mask-diagnostics   are the N masks N hypotheses? the table of the runs' diagnostics, or a run's figure
     ris job-costs          seconds and max RSS per rule, from every job's Snakemake `benchmark:` file
+    ris rehearsal-summary  a rehearsal's costs, weights, stats plan and what it cannot check (rehearsal.smk)
     ris runs               list the runs of the MLflow store (method, backbone, N, dataset, status, metrics)
 
 JSON arguments (run configs, table specs) take JSON text or a .json file. Errors a user can fix (bad config,

@@ -1,4 +1,5 @@
-"""Sub-commands of the data stage (``workflow/rules/data.smk``): synthesize, download, prepare, encode-text."""
+"""Sub-commands of the data stage (``workflow/rules/data.smk``, ``rehearsal.smk``): synthesize, fake-refer, download,
+prepare, encode-text."""
 
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ def _synthesize(a: argparse.Namespace) -> None:
 
     summary = synthesize(Path(a.out), SyntheticConfig.from_dict(a.config or {}))
     print(json.dumps(summary, indent=2))
+
+
+def add_fake_refer(sub: Subparsers) -> None:
+    s = sub.add_parser("fake-refer", help="the rehearsal's REFER copy of every REFER dataset (a few images each)")
+    s.add_argument("--datasets", type=json_object, required=True, help="config.yaml's datasets: section as JSON")
+    s.add_argument("--settings", type=json_object, default=None, help="rehearsal_slice.data as JSON")
+    s.add_argument("--refer-root", required=True, help="paper_data.refer_root: refcoco/, refcoco+/, refcocog/")
+    s.add_argument("--images", required=True, help="paper_data.coco_images: COCO_train2014_*.jpg")
+    s.set_defaults(fn=_fake_refer)
+
+
+def _fake_refer(a: argparse.Namespace) -> None:
+    from ris.data.fake_refer import CopySettings, partitions_of, write_copy
+
+    cut = CopySettings.from_dict(a.settings or {})
+    print(json.dumps(write_copy(Path(a.refer_root), Path(a.images), partitions_of(a.datasets), cut), indent=2))
 
 
 def add_download(sub: Subparsers) -> None:
@@ -78,4 +95,4 @@ def _encode_text(a: argparse.Namespace) -> None:
     print(json.dumps(encode_dataset(Path(a.prepared), a.pretrained, a.max_tokens, Path(a.out)), indent=2))
 
 
-COMMANDS = (add_synthesize, add_download, add_prepare, add_encode_text)
+COMMANDS = (add_synthesize, add_fake_refer, add_download, add_prepare, add_encode_text)

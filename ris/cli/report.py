@@ -171,6 +171,21 @@ def _job_costs(a: argparse.Namespace) -> None:
     print(write_job_costs(Path(a.dir), Path(a.out_csv), Path(a.out_md)).to_string(index=False))
 
 
+def add_rehearsal_summary(sub: Subparsers) -> None:
+    s = sub.add_parser("rehearsal-summary", help="a rehearsal's costs, weights, stats plan, what it cannot check")
+    s.add_argument("--results", required=True, help="the rehearsal's results folder (job_costs/, runs/)")
+    s.add_argument("--stats-plan", required=True, help="the output of `snakemake -n stats`")
+    s.add_argument("--report", required=True, help="the Snakemake report (named in the summary)")
+    s.add_argument("--out", required=True, help="rehearsal.md")
+    s.set_defaults(fn=_rehearsal_summary)
+
+
+def _rehearsal_summary(a: argparse.Namespace) -> None:
+    from ris.report.rehearsal import write_summary
+
+    print(write_summary(Path(a.results), Path(a.stats_plan), Path(a.report), Path(a.out)))
+
+
 def add_runs(sub: Subparsers) -> None:
     s = sub.add_parser("runs", help="list the runs of the MLflow store")
     s.add_argument("--config", default="config.yaml", help="config.yaml: its tracking URI (unless --uri)")
@@ -191,4 +206,12 @@ def _runs(a: argparse.Namespace) -> None:
     sys.stdout.write(format_runs(df, a.format, wide=a.wide))
 
 
-COMMANDS = (add_tables, add_plot, add_expression_types, add_mask_diagnostics, add_job_costs, add_runs)
+COMMANDS = (
+    add_tables,
+    add_plot,
+    add_expression_types,
+    add_mask_diagnostics,
+    add_job_costs,
+    add_rehearsal_summary,
+    add_runs,
+)

@@ -37,6 +37,10 @@ def blank(ax: plt.Axes, text: str) -> None:
 
 
 def figure_title(spec: dict[str, Any], what: str) -> str:
-    """A figure's title: the table's name, what is drawn, and whether it is demo-scale (synthetic) data."""
-    note = " (demo scale: synthetic data)" if spec.get("note") else ""
+    """A figure's title: the table's name, what is drawn, and whether it is a rehearsal's or demo-scale (synthetic)
+    data."""
+    if spec.get("rehearsal"):
+        note = " (REHEARSAL: a slice, the numbers measure nothing)"
+    else:
+        note = " (demo scale: synthetic data)" if spec.get("note") else ""
     return f"{spec['name']}: {what}{note}"

@@ -19,7 +19,8 @@ SUMMARY_COLUMNS = ["rule", "jobs", "total_s", "max_s", "max_rss_mb"]
 
 
 def read_job_costs(root: Path) -> pd.DataFrame:
-    """One row per job's file under ``root`` (``<rule>/.../<name>.tsv``): rule, file, s, max_rss (MB)."""
+    """One row per job's file under ``root`` (``<rule>/.../<name>.tsv``): rule, file, s, max_rss and max_pss (MB;
+    PSS shares out the pages forked processes such as DataLoader workers have in common, RSS counts them in each)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no job costs folder (written by the rules' `benchmark:` directives)")
@@ -33,8 +34,10 @@ def read_job_costs(root: Path) -> pd.DataFrame:
         if missing or df.empty:
             raise ValueError(f"{path}: not a Snakemake benchmark file (no column {', '.join(missing) or 'row'})")
         for r in df.itertuples():  # several rows when a rule is benchmarked with repeat()
-            rows.append({"rule": rel.parts[0], "file": str(rel), "s": float(r.s), "max_rss": float(r.max_rss)})
-    return pd.DataFrame(rows, columns=["rule", "file", "s", "max_rss"])
+            pss = float(getattr(r, "max_pss", "nan"))
+            rows.append({"rule": rel.parts[0], "file": str(rel), "s": float(r.s), "max_rss": float(r.max_rss),
+                         "max_pss": pss})  # fmt: skip
+    return pd.DataFrame(rows, columns=["rule", "file", "s", "max_rss", "max_pss"])
 
 
 def summarize_job_costs(root: Path) -> pd.DataFrame:

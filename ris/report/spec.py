@@ -44,10 +44,11 @@ def demo_note(config: dict, datasets: Iterable[str]) -> str:
 def table_spec(config: dict, name: str) -> dict[str, Any]:
     """Resolve the declaration of table ``name`` in ``config`` into what ``ris tables`` needs."""
     from ris.config import dataset_for, dropped_num_masks, scale_table_runs
+    from ris.rehearsal import rehearsal_note, rehearsing
 
     t = config["tables"][name]
     caption = t.get("caption", name)
-    note = demo_note(config, t["datasets"])
+    note = " ".join(x for x in (rehearsal_note(config), demo_note(config, t["datasets"])) if x)
     if dropped := dropped_num_masks(config, name):
         listed = ", ".join(str(n) for n in dropped)
         where = f"scales.{config['scale']}.num_masks"
@@ -60,6 +61,7 @@ def table_spec(config: dict, name: str) -> dict[str, Any]:
         "caption": caption,
         "note": note,
         "scale": config["scale"],
+        "rehearsal": rehearsing(config),  # the paper DAG on a slice (ris/rehearsal.py): its figures say so
         "metrics": metrics,
         # a list of [dataset, splits] pairs, not a mapping: column order must survive JSON with sorted keys
         "datasets": [[d, list(s)] for d, s in t["datasets"].items()],

@@ -39,6 +39,7 @@ from ris.models import ModelConfig, build_model
 from ris.training import distributed as ddp
 from ris.training.checkpoint import rng_state, set_rng_state
 from ris.training.ema import WeightEMA, build_ema
+from ris.training.offline import packaged_vocabulary, resolve_hub_weights
 from ris.training.optim import build_optimizer, poly_schedule
 from ris.training.preemption import StopRequest, marker_path
 from ris.training.sampler import plan_batches
@@ -147,6 +148,7 @@ def build_run(
     cfg: dict[str, Any], out_dir: Path, dev: torch.device, ctx: ddp.DistContext, stop: StopRequest, progress: bool
 ) -> Run:
     """Prepare the run directory, then build data, model and optimizer (restoring nothing yet)."""
+    cfg = resolve_hub_weights(cfg)  # a rehearsal where the hub is unreachable: random weights (ris.training.offline)
     tcfg, seed = cfg["train"], int(cfg["seed"])
     work = out_dir / "work"
     if ctx.is_main:
@@ -219,7 +221,7 @@ def build_tokenizer(cfg: dict[str, Any], train_sentences: list[str]):
     pretrained = cfg["model"].get("pretrained_text")
     if pretrained:
         return load_tokenizer(pretrained, None), None
-    vocab = build_vocab(train_sentences)
+    vocab = packaged_vocabulary(cfg) or build_vocab(train_sentences)  # a rehearsal without the hub: BERT's
     return load_tokenizer(None, vocab), vocab
 
 

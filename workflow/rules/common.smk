@@ -22,6 +22,7 @@ from ris.config import (
     text_features_path,
     tracking_uri,
 )
+from ris.rehearsal import rehearsal_mem_mb, rehearsing
 
 
 wildcard_constraints:
@@ -100,6 +101,12 @@ def text_features(wildcards):
 def pretrained_input(wildcards):
     """The pretraining job's weights of the run's backbone where the scale pretrains its own (demo), else none."""
     return [pretrained_path(config, wildcards.backbone)] if pretrain_backbones(config) else []
+
+
+def rehearsal_temp(path):
+    """A rehearsal's checkpoints (random weights, ~1 GB each) are deleted once evaluated (Snakemake temp()); a real
+    run's are kept."""
+    return temp(path) if rehearsing(config) else path
 
 
 def run_model(wildcards):

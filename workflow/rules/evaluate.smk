@@ -27,6 +27,7 @@ rule evaluate:
         gpu=evaluate_gpus(config),
         # Minutes (sbatch -t) from the scale's evaluation rate, margin and the job's number of splits.
         runtime=lambda wildcards: evaluate_runtime_min(config, len(EVAL_SPLITS[run_key(wildcards)])),
+        **rehearsal_mem_mb(config, "evaluate"),  # a rehearsal's (config.yaml rehearsal_slice.mem_mb)
     conda:
         ENV
     log:

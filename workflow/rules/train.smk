@@ -48,7 +48,7 @@ rule train:
         pretrained=pretrained_input,
         mlflow=rules.mlflow_init.output,
     output:
-        model=f"{RUN_DIR}/model.pt",
+        model=rehearsal_temp(f"{RUN_DIR}/model.pt"),
         history=f"{RUN_DIR}/history.jsonl",
     params:
         cfg=lambda wildcards: json.dumps(run_config(config, run_key(wildcards)), sort_keys=True),
@@ -59,6 +59,7 @@ rule train:
     resources:
         # GPUs of the job (train.gpus; a profile may override it); > 1 runs one DDP process per GPU (torchrun).
         gpu=lambda wildcards: int(run_config(config, run_key(wildcards))["train"].get("gpus", 0)),
+        **rehearsal_mem_mb(config, "train"),  # a rehearsal's measured peak (config.yaml rehearsal_slice.mem_mb)
     conda:
         ENV
     log:
