@@ -1,7 +1,7 @@
 """Speed of our paper-size LAVT (Swin-B window 12 + PWAMs + gates + decoder, BERT excluded), side by side with
 the official code.
 
-Usage: python -m benchmarks.lavt_speed [--official PATH] [--threads 2] [--repeats 3] [--batches 1]
+Usage: python -m benchmarks.lavt_speed [--official PATH] [--threads 2] [--repeats 5] [--batches 1]
        [--train-batch 4] [--image 480] [--profile 10] [--option channels_last_fusion ...]
 
 Ours: ``RISModel.forward_words``; the official: ``lib.segmentation.lavt`` (Swin-B, window 12) built from the
@@ -13,13 +13,16 @@ its two class scores, as its ``train.py``: the same loss). Each model's forward 
 ends by upsampling its scores to the image, ours leaves that to the loss / ``predict``. On the CPU fp32; on
 CUDA bf16 autocast and channels_last for both, with images/s and ``torch.cuda.max_memory_allocated``.
 
-Best of ``--repeats`` runs after one warm-up each, wall and CPU seconds (``time.process_time``: all threads of
+``--repeats`` timed runs after one warm-up each, wall and CPU seconds (``time.process_time``: all threads of
 the process, the work itself on a shared machine). The repeats alternate ours and the official (the order
-swapped every repeat), so load on a shared machine hits both alike. Without ``--official`` the official
+swapped every repeat), so load on a shared machine hits both alike; the table gives each one's median
+[min-max] and two ratios: of the medians, and the median [min-max] of the per-repeat ratios (ours over the
+official run beside it: the pairs share the load of their moment). Without ``--official`` the official
 column shows the figures recorded on this 2-CPU machine when it was quiet (``OFFICIAL_S``, issue 11: batch
-1, 480 px, 2 threads; not measured in this run, no CPU seconds). ``--profile N`` also prints
-``torch.profiler``'s top N ops (self CPU time) of one forward + backward of ours. Prints the machine, the
-load average before and after, and one Markdown table.
+1, 480 px, 2 threads; not measured in this run, no CPU seconds). ``--profile N`` also profiles one forward +
+backward (``torch.profiler``, batch 1) of ours and, with ``--official``, of the official model on the same
+inputs: totals, and the N ops with the most self CPU time in either, with their call counts (counts do not
+depend on the machine's load). Prints the machine, the load average before and after, and one Markdown table.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,15 +113,13 @@ def step_fn(
     return run
 
 
-def timed(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, dict[str, float]]:
-    """Per name: best wall and CPU seconds of ``repeats`` calls after one warm-up, and every call's (CUDA:
-    synchronised, peak memory). The calls alternate between the names, the order swapped every repeat, so that load on a
-    shared machine hits every one alike."""
+def timed(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, dict[str, Any]]:
+    """Per name: the wall and CPU seconds of ``repeats`` calls after one warm-up (``walls``, ``cpus``; CUDA:
+    synchronised, and the peak memory). The calls alternate between the names, the order swapped every
+    repeat, so that load on a shared machine hits every one alike."""
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    walls: dict[str, list[float]] = {k: [] for k in fns}
-    cpus: dict[str, list[float]] = {k: [] for k in fns}
-    peaks = dict.fromkeys(fns, 0.0)
+    out: dict[str, dict[str, Any]] = {k: {"walls": [], "cpus": [], "peak_gib": 0.0} for k in fns}
     for fn in fns.values():
         fn()
         sync()
@@ -129,44 +131,62 @@ def timed(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device
             w, c = time.perf_counter(), time.process_time()
             fns[name]()
             sync()
-            walls[name].append(time.perf_counter() - w)
-            cpus[name].append(time.process_time() - c)
+            out[name]["walls"].append(time.perf_counter() - w)
+            out[name]["cpus"].append(time.process_time() - c)
             if cuda:
-                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) / 2**30)
-    out: dict[str, dict[str, Any]] = {
-        k: {"wall": min(walls[k]), "cpu": min(cpus[k]), "walls": walls[k], "cpus": cpus[k]} for k in fns
-    }
-    if cuda:
-        for k in fns:
-            out[k]["peak_gib"] = peaks[k]
+                out[name]["peak_gib"] = max(out[name]["peak_gib"], torch.cuda.max_memory_allocated(device) / 2**30)
     return out
 
 
-def profile(fn: Callable, top: int) -> str:
-    """``torch.profiler``'s top ops by self CPU time of one call."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as prof
+def spread(xs: list[float]) -> str:
+    """``median [min-max]`` of ``xs``, two decimals; ``-`` when empty."""
+    return f"{statistics.median(xs):.2f} [{min(xs):.2f}-{max(xs):.2f}]" if xs else "-"
+
+
+def ratios(ours: list[float], official: list[float]) -> tuple[str, str]:
+    """Ours over the official: the ratio of the medians (``1.00x``), and the median [min-max] of the
+    per-repeat ratios (each of ours over the official run beside it); ``-`` where there is no official run."""
+    if not official:
+        return "-", "-"
+    paired = [a / b for a, b in zip(ours, official)]
+    of_medians = f"{statistics.median(ours) / statistics.median(official):.2f}x"
+    return of_medians, (f"{spread(paired)}x" if len(paired) == len(ours) else "-")
+
+
+def op_table(fn: Callable[[], None]) -> tuple[dict[str, tuple[int, float]], float]:
+    """``torch.profiler`` of one call after a warm-up: per op name (calls, self CPU ms), and the total."""
+    from torch.profiler import ProfilerActivity, profile
 
     fn()
-    with prof(activities=[ProfilerActivity.CPU]) as p:
+    with profile(activities=[ProfilerActivity.CPU]) as p:
         fn()
-    return p.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    ops = {e.key: (e.count, e.self_cpu_time_total / 1e3) for e in p.key_averages()}
+    return ops, sum(ms for _, ms in ops.values())
 
 
-def fmt_ratio(ours: float, official: float | None) -> str:
-    """``ours / official`` as ``1.00x``, ``-`` where there is no official figure."""
-    return f"{ours / official:.2f}x" if official else "-"
+def profile_report(fns: dict[str, Callable[[], None]], top: int) -> str:
+    """Op profiles of one call of each of ``fns`` side by side: totals (calls, self CPU s), then the ``top``
+    ops with the most self CPU time in any of them, with their calls and self CPU ms in each."""
+    tables = {k: op_table(fn) for k, fn in fns.items()}
+    totals = [f"{k}: {sum(c for c, _ in ops.values()):,} op calls, {total / 1e3:.2f} s self CPU"
+              for k, (ops, total) in tables.items()]  # fmt: skip
+    names = sorted({n for ops, _ in tables.values() for n in ops}, key=lambda n: -max(
+        ops.get(n, (0, 0.0))[1] for ops, _ in tables.values()))  # fmt: skip
+    header = ["op"] + [f"{k} {what}" for k in tables for what in ("calls", "self CPU ms")]
+    rows = [[n] + [x for ops, _ in tables.values() for x in (ops.get(n, (0, 0.0))[0], f"{ops.get(n, (0, 0.0))[1]:.0f}")]
+            for n in names[:top]]  # fmt: skip
+    return "profile of one forward+backward, batch 1: " + "; ".join(totals) + "\n" + markdown(header, rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--official", type=Path, default=None, help="a yz93/LAVT-RIS checkout, timed side by side")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batches", type=int, nargs="+", default=[1], help="batch sizes of the forward/backward rows")
     ap.add_argument("--train-batch", type=int, default=4, help="extra forward+backward row at this batch; 0: none")
     ap.add_argument("--image", type=int, default=480)
-    ap.add_argument("--profile", type=int, default=0, help="print the top N ops of one forward+backward of ours")
+    ap.add_argument("--profile", type=int, default=0, help="profile one forward+backward of each model: the top N ops")
     ap.add_argument(
         "--option", action="append", default=[], help="a model option to switch on, e.g. channels_last_fusion"
     )
@@ -196,20 +216,23 @@ def main(argv: list[str] | None = None) -> None:
         fns = {k: step_fn(m, batch, backward, device, official=k == "official") for k, m in models.items()}
         r = timed(fns, a.repeats, device)
         kind = "forward+backward" if backward else "forward"
-        off = r.get("official", {})
+        ours_r, off = r["ours"], r.get("official", {"walls": [], "cpus": []})
         if not a.official and b == 1 and a.image == 480:
-            off = {"wall": OFFICIAL_S[kind]}
+            off = {"walls": [OFFICIAL_S[kind]], "cpus": []}
+        wall_ratio = ratios(ours_r["walls"], off["walls"])
+        if not a.official:  # a recorded figure: the per-repeat ratio means nothing
+            wall_ratio = (wall_ratio[0], "-")
         rows.append(
             [
                 kind,
                 b,
-                f"{r['ours']['wall']:.2f}",
-                f"{off['wall']:.2f}" if off else "-",
-                fmt_ratio(r["ours"]["wall"], off.get("wall")),
-                f"{r['ours']['cpu']:.2f}",
-                f"{off['cpu']:.2f}" if "cpu" in off else "-",
-                fmt_ratio(r["ours"]["cpu"], off.get("cpu")),
-                f"{b / r['ours']['wall']:.2f}",
+                spread(ours_r["walls"]),
+                spread(off["walls"]),
+                *wall_ratio,
+                spread(ours_r["cpus"]),
+                spread(off["cpus"]),
+                *ratios(ours_r["cpus"], off["cpus"]),
+                f"{b / statistics.median(ours_r['walls']):.2f}",
                 " / ".join(f"{x['peak_gib']:.2f}" for x in r.values()) if device.type == "cuda" else "-",
             ]
         )
@@ -218,11 +241,16 @@ def main(argv: list[str] | None = None) -> None:
                   f"CPU {[round(t, 2) for t in x['cpus']]}", flush=True)  # fmt: skip
         print(rows[-1], flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    header = ["pass", "batch", "ours wall (s)", "official wall (s)", "ours/official wall", "ours CPU (s)",
-              "official CPU (s)", "ours/official CPU", "ours images/s", "peak GiB (ours / official)"]  # fmt: skip
+    header = ["pass", "batch", "ours wall s median [min-max]", "official wall s", "ours/official wall (medians)",
+              "ours/official wall per repeat", "ours CPU s", "official CPU s", "ours/official CPU (medians)",
+              "ours/official CPU per repeat", "ours images/s", "peak GiB (ours / official)"]  # fmt: skip
+    print(f"{a.repeats} alternating repeats after a warm-up each; median [min-max]")
     print(markdown(header, rows))
     if a.profile:
-        print(profile(step_fn(ours, inputs(1, a.image, ours.text.dim, device), True, device), a.profile))
+        batch = inputs(1, a.image, ours.text.dim, device)
+        fns = {k: step_fn(m, batch, True, device, official=k == "official") for k, m in models.items()}
+        print(profile_report(fns, a.profile))
+        print(f"load average after the profile: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,16 @@ def unflatten_hw(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
 
 
+class InstanceNorm(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d(dim)`` (no affine, no running statistics) computed on the map's (B, C, H*W) view,
+    as the official LAVT's ``InstanceNorm1d``: the same values, and the right gradient where torch's 4D CPU
+    kernel gives a wrong one (torch 2.14.1: batch 1 with the output's gradient in channels_last strides, as
+    PWAM's query receives it from the attention; ``tests/test_pwam_gradients.py``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x.flatten(2), eps=self.eps).view_as(x)
+
+
 class CrossAttention(nn.Module):
     """Multi-head cross-attention with input/output projections and a residual-free output."""
 
@@ -86,10 +96,10 @@ class PixelWordAttention(nn.Module):
             raise ValueError(f"lang_norm must be 'instance' or 'none', got {lang_norm!r}")
         self.heads = heads
         self.vis_proj = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), nn.GELU(), nn.Dropout(dropout))
-        self.query = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), nn.InstanceNorm2d(vis_dim))
+        self.query = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), InstanceNorm(vis_dim))
         self.key = nn.Linear(lang_dim, vis_dim)
         self.value = nn.Linear(lang_dim, vis_dim)
-        norm = nn.InstanceNorm2d(vis_dim) if lang_norm == "instance" else nn.Identity()
+        norm = InstanceNorm(vis_dim) if lang_norm == "instance" else nn.Identity()
         self.lang_out = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), norm)
         self.mm_proj = nn.Sequential(nn.Conv2d(vis_dim, vis_dim, 1), nn.GELU(), nn.Dropout(dropout))
 
@@ -126,14 +136,21 @@ class LanguageGate(nn.Module):
 
 
 class ChannelNorm(nn.Module):
-    """LayerNorm over the channels of an NCHW map (the per-stage output norm of Swin/LAVT)."""
+    """LayerNorm over the channels of an NCHW map (the per-stage output norm of Swin/LAVT).
+
+    The output keeps the input's memory format: a contiguous map gives a contiguous one, as the official
+    LAVT's ``permute(...).contiguous()``. The norm's own output is channels_last, and handing that on would
+    run the whole decoder in channels_last, whose forward + backward costs ~12% more CPU time on the CPUs
+    measured (docs/performance.md); a channels_last input (CUDA, ``channels_last_fusion``) stays as it is.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
 
 
 class PWAMFusion(nn.Module):
