@@ -36,7 +36,7 @@ def test_the_docstring_lists_every_subcommand_under_its_module():
     defined = {module: names(getattr(ris.cli, module).COMMANDS) for module in listed}
     assert listed == defined
     assert [n for module in listed.values() for n in module] == cli_subcommands()  # all of them, in --help order
-    assert len(cli_subcommands()) == 18
+    assert len(cli_subcommands()) == 19
 
 
 def dag_commands(tmp_path, scale: str, *targets: str, configfile=None) -> list[str]:

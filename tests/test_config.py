@@ -78,8 +78,8 @@ def test_schema_baselines_equal_the_implemented_ones():
             "field scales.demo.model_options: unknown key 'dice_wieght' (did you mean 'dice_weight'?)",
         ),
         (
-            lambda c: c["scales"]["demo"]["model_options"].update(aux_weight=1.0),
-            "field scales.demo.model_options: 'aux_weight' is an option of coupalign, not of every method",
+            lambda c: c["scales"]["demo"]["model_options"].update(wpa_heads=4),
+            "field scales.demo.model_options: 'wpa_heads' is an option of coupalign, not of every method",
         ),
         (
             lambda c: c["methods"]["coupalign"]["options"].update(aux_wieght=0.5),
@@ -87,7 +87,7 @@ def test_schema_baselines_equal_the_implemented_ones():
         ),
         (
             lambda c: c["methods"]["lavt"]["options"].update(aux_weight=0.5),
-            "field methods.lavt.options: 'aux_weight' is an option of coupalign, not of lavt",
+            "field methods.lavt.options: 'aux_weight' is an option of coupalign, eavl, jmceln, not of lavt",
         ),
         (
             lambda c: c["methods"]["jmceln"]["options"].update(num_stages=0),
