@@ -190,7 +190,7 @@ def test_slurm_profile_requeues_interrupted_jobs():
     assert profile["slurm-requeue"] is True
     assert profile["retries"] >= 1
     assert "--signal=TERM@" in profile["set-resources"]["train"]["slurm_extra"]
-    assert profile["cores"] >= 1  # the train rule reads workflow.cores: Snakemake needs it
+    assert profile["cores"] >= 1  # caps the threads of any one job (the profile says why)
 
 
 # --- the real cluster -----------------------------------------------------------------------------------
