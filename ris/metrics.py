@@ -69,9 +69,7 @@ class IoUAccumulator:
         i, u = intersection_union(pred, target)
         self.inter.append(i.cpu().numpy())
         self.union.append(u.cpu().numpy())
-        return torch.where(
-            u > 0, i.double() / u.clamp(min=1).double(), torch.zeros_like(i, dtype=torch.double)
-        )
+        return torch.where(u > 0, i.double() / u.clamp(min=1).double(), torch.zeros_like(i, dtype=torch.double))
 
     @property
     def count(self) -> int:

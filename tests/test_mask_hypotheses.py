@@ -32,7 +32,7 @@ def test_matching_finds_the_mask_of_each_object():
     masks = torch.full((1, 6, 16, 16), -8.0)
     for k, q in enumerate(order):
         masks[0, q][objs[k].bool()] = 8.0
-    (rows, cols), = match(masks, None, _targets(objs, target=1))
+    ((rows, cols),) = match(masks, None, _targets(objs, target=1))
     assert dict(zip(cols.tolist(), rows.tolist())) == {0: 4, 1: 0, 2: 2}
 
 
@@ -40,7 +40,7 @@ def test_more_objects_than_masks_keeps_the_referred_one():
     objs = _objects()
     masks = torch.randn(1, 2, 16, 16)
     for target in range(3):
-        (_, cols), = match(masks, None, _targets(objs, target=target))
+        ((_, cols),) = match(masks, None, _targets(objs, target=target))
         assert target in cols.tolist() and len(cols) == 2
 
 
@@ -121,4 +121,3 @@ def test_dataset_items_carry_the_images_objects(tiny_synthetic, tmp_path):
         agree = (item["instances"][t].bool() == small.bool()).float().mean()
         assert agree > 0.9
     assert np.isfinite(float(item["instances"].float().sum()))
-

@@ -21,9 +21,7 @@ TOKENS = 8
 # would feed a fifth backbone stage that does not exist. The same holds in official LAVT, which is why its
 # train.py wraps the model in DistributedDataParallel(find_unused_parameters=True).
 LAST_GATE = r"^fusions\.3\.(l2v\.)?gate\."
-NO_GRAD_ALLOWED: dict[str, tuple[str, ...]] = {
-    m: (LAST_GATE,) for m in ("lavt", "coupalign", "eavl", "jmceln")
-}
+NO_GRAD_ALLOWED: dict[str, tuple[str, ...]] = {m: (LAST_GATE,) for m in ("lavt", "coupalign", "eavl", "jmceln")}
 
 # The default case of each method in the registry-wide grid (CoupAlign with its SMA path on).
 DEFAULT_MASKS = {"coupalign": 4}
@@ -46,9 +44,7 @@ GRID = [(m, b, DEFAULT_MASKS.get(m, 0), {}) for m in sorted(METHODS) for b in so
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
-def _model(
-    method: str, backbone: str = "swin_b", num_masks: int = 0, options: dict | None = None
-) -> RISModel:
+def _model(method: str, backbone: str = "swin_b", num_masks: int = 0, options: dict | None = None) -> RISModel:
     cfg = ModelConfig(
         method=method,
         backbone=backbone,

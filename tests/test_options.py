@@ -203,9 +203,7 @@ def test_the_docs_check_bites(tmp_path):
     models = tmp_path / "models"
     shutil.copytree(REPO / "ris" / "models", models)
     src = (models / "coupalign.py").read_text()
-    (models / "coupalign.py").write_text(
-        src.replace('Option("wpa_heads", int, 8,', 'Option("wpa_heads", int, 4,')
-    )
+    (models / "coupalign.py").write_text(src.replace('Option("wpa_heads", int, 8,', 'Option("wpa_heads", int, 4,'))
     changed = read_catalog(models)
     assert changed.methods["coupalign"].options != read_catalog().methods["coupalign"].options
     assert options_markdown(changed) != options_markdown()

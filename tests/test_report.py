@@ -40,7 +40,12 @@ TABLES = {
 }
 FIGURES = {
     "mask_number": [
-        "precision", "num_masks", "training", "qualitative_successes", "qualitative_failures", "qualitative_swap",
+        "precision",
+        "num_masks",
+        "training",
+        "qualitative_successes",
+        "qualitative_failures",
+        "qualitative_swap",
     ],
     "main": ["precision", "training", "qualitative_successes", "qualitative_failures", "qualitative_swap"],
 }
