@@ -39,7 +39,7 @@ def grounding_data(tmp_path_factory) -> dict[str, Path]:
     cfg = {
         "seed": 7,
         "image_size": SIZE,
-        "num_images": {"train": 160, "val": 24},
+        "num_images": {"train": 160, "val": 64},
         "objects_per_image": [2, 2],
         "refs_per_image": 2,
         "sentences_per_ref": 2,
@@ -84,7 +84,7 @@ def _train_and_probe(data: dict[str, Path], out: Path, zero_language: bool = Fal
         model, tokenizer, _ = model_from_checkpoint(load_checkpoint(out / "run" / "model.pt"))
         table = read_split(data["prepared"] / "val.parquet").groupby("ref_id", sort=True).head(1)
         pairs = [g.index.tolist() for _, g in table.groupby("image_id") if g["ref_id"].nunique() == 2]
-        assert len(pairs) >= 16, "the val split must hold images with two refs"
+        assert len(pairs) >= 48, "the val split must hold images with two refs"
         ds = ReferSplit(table.loc[[i for p in pairs for i in p]], data["images"], SIZE, tokenizer, 20)
         batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("image", "input_ids", "attention_mask")}
         targets = torch.stack([ds[i]["target"] for i in range(len(ds))]).bool()
@@ -105,9 +105,10 @@ def _train_and_probe(data: dict[str, Path], out: Path, zero_language: bool = Fal
 
 @pytest.mark.slow
 def test_prediction_follows_the_sentence(grounding_data, tmp_path):
+    """Measured 2026-12-07 over training seeds 0-2: pair IoU 0.24-0.35, follows 73-81%; words zeroed: 1.00, 50%."""
     probe = _train_and_probe(grounding_data, tmp_path)
     assert probe["pair_iou"] < 0.5, f"the two sentences of an image give nearly the same mask: {probe}"
-    assert probe["follows"] >= 0.75, f"predictions do not pick the named object: {probe}"
+    assert probe["follows"] >= 0.65, f"predictions do not pick the named object: {probe}"
 
 
 def test_demo_options_are_the_shipped_preset():
