@@ -12,12 +12,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ris.training.tracking import RETRIES, init_store, retry, runtime_tags
 from tests.conftest import REPO
-from tests.test_engine import make_config, prepared_tiny, train_here  # noqa: F401 (prepared_tiny: a fixture)
+from tests.test_engine import finish, make_config, prepared_tiny, start_cli, train_here  # noqa: F401 (prepared_tiny: a fixture)
 
 
 def test_retry_backs_off_on_locks_and_raises_other_errors():
@@ -70,19 +71,61 @@ def _writer(uri: str, go: str, index: int, steps: int, results) -> None:
     results.put((tracker.run_id, RETRIES["count"], time.monotonic() - t0))
 
 
-def test_eight_concurrent_writers_lose_no_metric(tmp_path):
-    """8 processes (forked after the slow imports) write to one SQLite store at the same moment."""
+def _fan_out(uri: str, go: Path, writers: int, steps: int) -> tuple[list[Any], Any]:
+    """``writers`` forked processes that wait for ``go``, then write to ``uri``; their results come on the queue."""
     import multiprocessing
 
     import mlflow.tracking  # noqa: F401 (imported once here, shared by the forked writers)
 
-    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
-    go, steps = tmp_path / "go", 30
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(uri, str(go), i, steps, results)) for i in range(8)]
+    procs = [ctx.Process(target=_writer, args=(uri, str(go), i, steps, results)) for i in range(writers)]
     for p in procs:
         p.start()
+    return procs, results
+
+
+def test_writers_on_a_new_store_create_it_one_at_a_time(tmp_path):
+    """Three trackers opened at the same moment on a store nobody created: the file lock lets all three in.
+
+    Without ``init_store``'s lock (MLflow 3.17.2) this failed 4 times in 4 (alembic "expected to match one
+    row", "duplicate column name: step"), measured 2026-12-07.
+    """
+    uri = "sqlite:///" + str(tmp_path / "new" / "mlflow.db")
+    go = tmp_path / "go"
+    procs, results = _fan_out(uri, go, 3, 2)
+    time.sleep(0.5)
+    go.touch()
+    done = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len({run_id for run_id, _, _ in done}) == 3
+
+
+def test_two_trainings_started_together_on_a_new_store(prepared_tiny, tmp_path):  # noqa: F811
+    """Two ``ris train`` started at the same moment, no ``mlflow-init`` before: both finish, two runs logged."""
+    uri = "sqlite:///" + str(tmp_path / "fresh" / "mlflow.db")
+    started = []
+    for name in ("a", "b"):
+        cfg = make_config(prepared_tiny, uri, "together", epochs=1, max_steps_per_epoch=1)
+        started.append(start_cli(cfg, tmp_path / name))
+    codes = [finish(proc, log) for proc, log in started]
+    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for _, log in started)
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(tracking_uri=uri).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name == "together"]
+    )
+    assert len(runs) == 2 and all("train_loss" in r.data.metrics for r in runs)  # evaluation finishes the runs
+    assert (tmp_path / "a" / "model.pt").is_file() and (tmp_path / "b" / "model.pt").is_file()
+
+
+def test_eight_concurrent_writers_lose_no_metric(tmp_path):
+    """8 processes (forked after the slow imports) write to one SQLite store at the same moment."""
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    go, steps = tmp_path / "go", 30
+    procs, results = _fan_out(uri, go, 8, steps)
     init_store(uri)  # once, before the fan-out (the pipeline's mlflow_init rule); after the fork on purpose
     go.touch()
     done = [results.get(timeout=300) for _ in procs]

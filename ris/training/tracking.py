@@ -2,13 +2,16 @@
 
 We use ``MlflowClient`` with explicit run ids (no global "active run"), so training and the evaluation
 jobs of one model all log into the same MLflow run. Writes retry when SQLite reports a lock (or an
-``http://`` tracking server is briefly unreachable), and the store itself is created once before the
-training fan-out (``ris mlflow-init``), because several processes creating a new SQLite store at once
-race in its schema migration. The same code logs to ``MLFLOW_TRACKING_URI=http://...`` (a real server).
+``http://`` tracking server is briefly unreachable). Several processes creating a new SQLite store at once
+race in its schema migration (MLflow 3.17: alembic "expected to match one row", "duplicate column name"), so
+every entry point creates or upgrades the store under a file lock beside it (``init_store``): the DAG's
+``mlflow_init`` job, ``ris train`` and ``ris evaluate`` alike. The same code logs to
+``MLFLOW_TRACKING_URI=http://...`` (a real server).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import platform
@@ -16,7 +19,8 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,13 +84,28 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<store>.lock`` beside a SQLite store (nothing to lock for a server)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def init_store(uri: str) -> None:
-    """Create (or upgrade) the tracking store once, in this single process."""
+    """Create (or upgrade) the tracking store, one process at a time: safe from any number of processes."""
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    with store_lock(uri):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
 def git_commit(folder: Path | None = None) -> tuple[str, bool]:
@@ -152,6 +171,7 @@ class Tracker:
     ):
         from mlflow.tracking import MlflowClient
 
+        init_store(uri)  # a new store is created under the lock, whoever comes first
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         self.attempts = 12  # per write; lowered where waiting is worse than losing a write (preemption)

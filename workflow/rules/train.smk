@@ -6,7 +6,8 @@ localrules:
 
 
 rule mlflow_init:
-    # The SQLite store must exist before parallel jobs log to it (creating it concurrently races).
+    # Creates the store before the fan-out; every entry point would also create it under a file lock
+    # (ris.training.tracking.init_store), this job keeps the start-up out of the training jobs.
     output:
         f"{RESULTS}/mlflow_ready.json",
     params:
