@@ -10,7 +10,7 @@ nothing in ``ris`` imports them.
     prepare_benchmark   ``ris prepare`` on a generated REFER set of full RefCOCO size
     paper_memory        peak memory and step time of a paper-size LAVT step, ours vs the official code
     lavt_speed          our paper-size LAVT vs the official code, forward and forward + backward
-    lavt_paper_forward  CPU inference time of LAVT at paper size, beside its parameter counts
+    paper_forward       CPU inference time of every paper-size method x backbone, beside its parameter counts
     gpu_check           one-command check of the GPU path (training steps, evaluation rate, bf16 accuracy)
     plan_time           how long ``snakemake -n`` takes to plan the paper grid and the demo's
     mask_variants       demo runs of CoupAlign/EAVL/JMCELN training variants over seeds: do N masks differ?

@@ -1,8 +1,8 @@
-"""Shared fixtures: the real RefCOCOg sample (with stand-in images) and a tiny synthetic dataset."""
+"""Fixtures that several test modules use (pytest finds them here); the helpers they build on, and that tests
+import, are in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures"  # facts the tests read, kept in the repository (README.md there)
-REFCOCOG_SAMPLE = FIXTURES / "refcocog_umd_sample"
-LAVT_REFERENCE = FIXTURES / "lavt_reference"
+from tests.helpers import REFCOCOG_SAMPLE, REPO, make_config, one_thread, train_here
+
+# ---------------------------------------------------------------------------------------------------- data
 
 
 @pytest.fixture
@@ -54,17 +53,17 @@ def tiny_synthetic(tmp_path_factory) -> Path:
     return root
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """One intra-op thread (as ``--threads 1`` jobs): on a small shared CPU two spinning threads run slower."""
-    import torch
+@pytest.fixture(scope="module")
+def prepared_tiny(tiny_synthetic, tmp_path_factory) -> dict[str, Path]:
+    """Prepared train/val tables of the tiny synthetic set (32 train refs, 36 val samples)."""
+    from ris.data.prepare import prepare
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(tiny_synthetic, "unc", ["train", "val"], out, tiny_synthetic / "images")
+    return {"prepared": out, "images": tiny_synthetic / "images"}
+
+
+# ------------------------------------------------------------------------------------------------- threads
 
 
 @pytest.fixture(scope="module")
@@ -74,26 +73,22 @@ def one_thread_module() -> Iterator[None]:
         yield
 
 
-def cli_subcommands() -> list[str]:
-    """The ``ris`` sub-commands, in the order of ``ris --help``."""
-    from ris.cli import build_parser
-
-    (action,) = [a for a in build_parser()._actions if a.dest == "command"]
-    return list(action.choices)
+# ------------------------------------------------------------------------------------------------ training
 
 
-def model_loss(model, outputs: dict, target):
-    """``model.loss`` as training calls it: with the image's objects when the model learns them
-    (``RISModel.uses_instances``): here the target itself and the bottom-right quarter, at a quarter size."""
-    import torch
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """A SQLite MLflow store, created once (as the pipeline's mlflow_init rule does)."""
+    from ris.training.tracking import init_store
 
-    from ris.models.losses import InstanceTargets
+    uri = "sqlite:///" + str(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+    init_store(uri)
+    return uri
 
-    if not model.uses_instances:
-        return model.loss(outputs, target)
-    b, h, w = target.shape
-    other = torch.zeros_like(target)
-    other[:, h // 2 :, w // 2 :] = 1
-    objects = torch.stack([target, other], 1).float()
-    objects = (torch.nn.functional.adaptive_avg_pool2d(objects, (h // 4, w // 4)) > 0.5).to(torch.uint8)
-    return model.loss(outputs, target, InstanceTargets(objects, torch.full((b,), 2), torch.zeros(b, dtype=torch.long)))
+
+@pytest.fixture(scope="module")
+def reference_run(prepared_tiny, store, tmp_path_factory) -> Path:
+    """An uninterrupted single-process run of :func:`make_config`'s configuration (2 epochs x 3 steps of 4)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train_here(make_config(prepared_tiny, store), out)
+    return out

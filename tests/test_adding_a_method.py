@@ -22,8 +22,7 @@ import pytest
 import yaml
 
 import tests.test_models as model_tests  # a module, so that pytest does not collect its tests here again
-from tests.conftest import REPO, one_thread
-from tests.test_engine import make_config, prepared_tiny, store, train_here  # noqa: F401 (fixtures)
+from tests.helpers import REPO, make_config, one_thread, train_here
 
 DOC = REPO / "docs" / "adding-a-method.md"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -120,7 +119,7 @@ def test_config_entry_is_valid_and_becomes_a_run(doc_method, tmp_path):
     assert resolved["model"]["method"] == doc_method and resolved["tracking"]["tags"]["method"] == doc_method
 
 
-def test_trains_and_evaluates(doc_method, prepared_tiny, store, tmp_path):  # noqa: F811
+def test_trains_and_evaluates(doc_method, prepared_tiny, store, tmp_path):
     from ris.evaluation.inference import evaluate_splits
 
     run = next(r for b in doc_blocks("yaml") for t in yaml.safe_load(b)["tables"].values() for r in t["runs"])

@@ -136,7 +136,7 @@ def test_bad_or_missing_specs_is_a_clear_error(tmp_path):
 
 
 def test_cli_writes_table_and_figure(dataset, tmp_path):
-    from tests.test_plots import assert_valid_figure
+    from tests.helpers import assert_valid_figure
 
     sents = val_sentences(dataset)
     fabricated_samples(tmp_path / "a.csv", sents, seed=0)

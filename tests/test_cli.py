@@ -15,7 +15,7 @@ import yaml
 
 import ris.cli
 from ris.cli import build_parser, main
-from tests.conftest import REPO, cli_subcommands
+from tests.helpers import REPO, cli_subcommands
 
 #: Sub-commands for people, not run by any rule.
 BY_HAND = {"predict", "runs"}

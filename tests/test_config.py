@@ -18,7 +18,7 @@ from ris.config import (
     table_evaluations,
     validate,
 )
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 

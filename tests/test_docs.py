@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from tests.conftest import REPO, cli_subcommands
+from tests.helpers import REPO, cli_subcommands
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 README_MAX_LINES = 250

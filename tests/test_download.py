@@ -590,7 +590,7 @@ def test_config_downloads() -> None:
     """config.yaml carries the known sizes and sha256 of every archive, original URL first."""
     import yaml
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     downloads = yaml.safe_load((REPO / "config.yaml").read_text())["downloads"]
     remotes = {name: RemoteFile.from_config(name, entry) for name, entry in downloads.items()}

@@ -10,7 +10,7 @@ import torch
 
 from ris.training.checkpoint import load_checkpoint
 from ris.training.ema import WeightEMA
-from tests.test_engine import make_config, prepared_tiny, store, train_here  # noqa: F401 (fixtures)
+from tests.helpers import make_config, train_here
 
 DECAY = 0.9
 
@@ -83,7 +83,7 @@ def recomputed_ema(steps: list[dict[str, torch.Tensor]], upto: int) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def ema_reference(prepared_tiny, store, tmp_path_factory) -> dict[str, Any]:  # noqa: F811
+def ema_reference(prepared_tiny, store, tmp_path_factory) -> dict[str, Any]:
     """An uninterrupted EMA run (2 epochs x 3 steps), its raw weights per step, and the weights validated."""
     mp = pytest.MonkeyPatch()
     try:
@@ -125,7 +125,7 @@ def test_validation_and_model_pt_use_the_ema_of_the_raw_weights(ema_reference):
             assert torch.equal(seen[k], v), k
 
 
-def test_resume_with_ema_is_bit_identical(prepared_tiny, store, ema_reference, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_with_ema_is_bit_identical(prepared_tiny, store, ema_reference, tmp_path, monkeypatch):
     from ris.training import train as train_module
 
     cfg = make_config(prepared_tiny, store, experiment="ema", ema_decay=DECAY)

@@ -2,7 +2,9 @@
 
 Everything runs on the CPU (gloo for DDP) with a tiny LAVT (Swin, 64 px) on the ``tiny_synthetic`` set.
 Reference runs train in this process (one thread); killed and distributed runs are ``ris train``
-subprocesses (one thread per process), so they compute with the same kernels.
+subprocesses (one thread per process), so they compute with the same kernels. The run configuration
+(``tests.helpers.make_config``), the prepared set and the reference run (fixtures ``prepared_tiny``, ``store``,
+``reference_run`` in ``tests/conftest.py``) are shared with the other training tests.
 """
 
 from __future__ import annotations
@@ -10,13 +12,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -24,143 +21,7 @@ import torch
 from ris.training.checkpoint import load_checkpoint
 from ris.training.preemption import PREEMPT_EXIT_CODE
 from ris.training.sampler import StepSampler, micro_seed, plan_batches
-from tests.conftest import REPO, one_thread
-
-# Global batch 4 in micro-batches of 2: one process accumulates 2, two DDP processes run 1 each.
-TRAIN = {
-    "image_size": 64,
-    "max_tokens": 20,
-    "epochs": 2,
-    "batch_size": 4,
-    "micro_batch_size": 2,
-    "lr": 1.0e-3,
-    "weight_decay": 0.01,
-    "poly_power": 0.9,
-    "num_workers": 0,
-    "max_steps_per_epoch": 3,
-    "checkpoint_every_steps": 2,
-    "log_every_steps": 1,
-    "keep_work": True,  # these tests compare the final resume states (work/last.pt); tests/test_lean_results.py not
-    "device": "cpu",
-    "precision": "auto",
-    "channels_last": False,
-}
-
-
-@pytest.fixture(scope="module")
-def prepared_tiny(tiny_synthetic, tmp_path_factory) -> dict[str, Path]:
-    """Prepared train/val tables of the tiny synthetic set (32 train refs, 36 val samples)."""
-    from ris.data.prepare import prepare
-
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(tiny_synthetic, "unc", ["train", "val"], out, tiny_synthetic / "images")
-    return {"prepared": out, "images": tiny_synthetic / "images"}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """A SQLite MLflow store, created once (as the pipeline's mlflow_init rule does)."""
-    from ris.training.tracking import init_store
-
-    uri = "sqlite:///" + str(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
-    init_store(uri)
-    return uri
-
-
-def make_config(
-    data: dict[str, Path], uri: str, experiment: str = "engine", model: dict[str, Any] | None = None, **train: Any
-) -> dict[str, Any]:
-    """A resolved run configuration, as ``ris.config.run_config`` builds it; ``model``/``train`` override keys."""
-    cfg = {
-        "run": "synthetic/lavt-swin_b-n0-s0",
-        "dataset": "synthetic",
-        "seed": 0,
-        "data": {"prepared_dir": str(data["prepared"]), "images_dir": str(data["images"])},
-        "model": {
-            "method": "lavt",
-            "backbone": "swin_b",
-            "text_encoder": "bert-base-uncased",
-            "size": "tiny",
-            "image_size": 64,
-            "num_masks": 0,
-            "pretrained_backbone": False,
-            "pretrained_text": None,
-            "options": {"dice_weight": 1.0},
-        },
-        "train": {**TRAIN, **train},
-        "tracking": {
-            "uri": uri,
-            "experiment": experiment,
-            "tags": {"dataset": "synthetic", "method": "lavt", "backbone": "swin_b", "num_masks": "0", "seed": "0"},
-        },
-    }
-    cfg["model"].update(model or {})
-    return cfg
-
-
-def train_here(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
-    from ris.training.train import train
-
-    with one_thread():
-        return train(cfg, out, progress=False)
-
-
-def start_cli(cfg: dict[str, Any], out: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
-    """``ris train`` in a subprocess (its own session); returns the process and its log file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cfg_path = out.parent / f"{out.name}.json"
-    cfg_path.write_text(json.dumps(cfg))
-    log = out.parent / f"{out.name}.{time.monotonic_ns()}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "ris", "train", "--run-config", str(cfg_path), "--out", str(out)]
-    cmd += ["--threads", "1", "--no-progress", *extra]
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log
-
-
-def wait_for(log: Path, pattern: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Wait until the log matches ``pattern`` (fail if the process ends first)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if re.search(pattern, log.read_text()):
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"process ended ({proc.returncode}) before {pattern!r}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"timed out waiting for {pattern!r}:\n{log.read_text()[-3000:]}")
-
-
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> int:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"process did not finish:\n{log.read_text()[-3000:]}")
-
-
-def history_metrics(out: Path) -> list[dict[str, float]]:
-    """Per-epoch metrics without the wall time."""
-    records = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
-
-
-def mlflow_run(uri: str, run_id: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    return client, client.get_run(run_id)
-
-
-@pytest.fixture(scope="module")
-def reference(prepared_tiny, store, tmp_path_factory) -> Path:
-    """An uninterrupted single-process run of the shared configuration (2 epochs x 3 steps of 4)."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    train_here(make_config(prepared_tiny, store), out)
-    return out
-
+from tests.helpers import finish, history_metrics, make_config, mlflow_run, one_thread, start_cli, train_here, wait_for
 
 # ------------------------------------------------------------------------------------------ data order
 
@@ -219,7 +80,7 @@ def test_precision_and_device_settings_on_cpu():
 # ----------------------------------------------------------------------------------------------- DDP
 
 
-def test_ddp_two_processes_match_one_process_and_resume_after_sigusr1(prepared_tiny, store, reference, tmp_path):
+def test_ddp_two_processes_match_one_process_and_resume_after_sigusr1(prepared_tiny, store, reference_run, tmp_path):
     """2 gloo processes x 1 micro-batch of 2 == 1 process x 2 accumulated micro-batches (global batch 4).
 
     BatchNorm normalises per micro-batch in both (the micro-batches are the same), and the running
@@ -244,14 +105,14 @@ def test_ddp_two_processes_match_one_process_and_resume_after_sigusr1(prepared_t
     assert finish(proc, log) == 0, log.read_text()[-3000:]
     assert "resuming" in log.read_text()
 
-    ref, got = load_checkpoint(reference / "work" / "last.pt"), load_checkpoint(out / "work" / "last.pt")
+    ref, got = load_checkpoint(reference_run / "work" / "last.pt"), load_checkpoint(out / "work" / "last.pt")
     assert got["global_step"] == ref["global_step"] == 6 and got["mlflow_run_id"] == first_run_id
     worst = 0.0
     for name, tensor in ref["model"].items():
         assert torch.allclose(got["model"][name].double(), tensor.double(), rtol=1e-5, atol=1e-6), name
         worst = max(worst, (got["model"][name].double() - tensor.double()).abs().max().item())
     print(f"DDP (stopped at step {stopped['global_step']}, resumed) vs one process: largest difference {worst:.2e}")
-    for mine, theirs in zip(history_metrics(out), history_metrics(reference)):
+    for mine, theirs in zip(history_metrics(out), history_metrics(reference_run)):
         assert mine == pytest.approx(theirs, rel=1e-6, abs=1e-6)
 
     client, run = mlflow_run(store, first_run_id)
@@ -263,7 +124,7 @@ def test_ddp_two_processes_match_one_process_and_resume_after_sigusr1(prepared_t
 # -------------------------------------------------------------------------------------- exact resume
 
 
-def test_sigkill_at_a_random_step_then_resume_is_bit_identical(prepared_tiny, store, reference, tmp_path):
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(prepared_tiny, store, reference_run, tmp_path):
     cfg = make_config(prepared_tiny, store)
     out = tmp_path / "killed"
     step = random.SystemRandom().randint(1, 4)  # the kill lands during step `step + 1` (or its validation)
@@ -276,7 +137,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(prepared_tiny, st
 
     train_here(cfg, out)  # the rerun of the same job resumes from work/last.pt
 
-    ref, got = load_checkpoint(reference / "work" / "last.pt"), load_checkpoint(out / "work" / "last.pt")
+    ref, got = load_checkpoint(reference_run / "work" / "last.pt"), load_checkpoint(out / "work" / "last.pt")
     for part in ("model",):
         for name, tensor in ref[part].items():
             assert torch.equal(got[part][name], tensor), f"{part}.{name} differs"
@@ -284,8 +145,8 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(prepared_tiny, st
         for key, tensor in state.items():
             assert torch.equal(got["optimizer"]["state"][i][key], tensor), f"optimizer {i}.{key} differs"
     assert got["scheduler"] == ref["scheduler"]
-    assert history_metrics(out) == history_metrics(reference)  # exactly equal, not approximately
-    best_ref, best_got = load_checkpoint(reference / "model.pt"), load_checkpoint(out / "model.pt")
+    assert history_metrics(out) == history_metrics(reference_run)  # exactly equal, not approximately
+    best_ref, best_got = load_checkpoint(reference_run / "model.pt"), load_checkpoint(out / "model.pt")
     assert all(torch.equal(best_got["model"][k], v) for k, v in best_ref["model"].items())
 
     # The resumed attempt logged into the killed attempt's MLflow run, each metric exactly once.

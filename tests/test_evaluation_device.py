@@ -25,8 +25,7 @@ from ris.config import (
     evaluation_splits,
 )
 from ris.evaluation.inference import inference_autocast, resolve_inference_precision, run_inference
-from tests.conftest import REPO
-from tests.test_pipeline import copy_workflow, snakemake
+from tests.helpers import REPO, copy_workflow, snakemake
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 

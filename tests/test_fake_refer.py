@@ -72,7 +72,7 @@ def test_generator_is_deterministic(tmp_path):
 def paper_copy(tmp_path_factory):
     """The rehearsal's copy of config.yaml's REFER datasets, with the shipped settings."""
     from ris.config import load_yaml
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     cfg = load_yaml(REPO / "config.yaml")
     root = tmp_path_factory.mktemp("copy")

@@ -22,8 +22,7 @@ from ris.data.dataset import ReferSplit
 from ris.data.prepare import prepare, read_split
 from ris.data.synthetic import SyntheticConfig, synthesize
 from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
-from tests.conftest import one_thread
-from tests.test_engine import make_config
+from tests.helpers import make_config, one_thread
 
 DEMO_OPTIONS = {"dice_weight": 1.0, "freeze_text": True, "lang_norm": "none", "word_dim": 64, "decoder_dim": 64}
 #: What the demo adds because its backbones are pretrained (results/pretrained/): this test trains from random
@@ -114,7 +113,7 @@ def test_prediction_follows_the_sentence(grounding_data, tmp_path):
 def test_demo_options_are_the_shipped_preset():
     """The test trains with what the demo ships (else it would prove something about another model)."""
     from ris.config import load_yaml
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     preset = load_yaml(REPO / "config.yaml")["scales"]["demo"]
     assert preset["model_options"] == DEMO_OPTIONS | PRETRAINED_ONLY

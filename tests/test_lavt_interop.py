@@ -19,9 +19,9 @@ from timm.models.swin_transformer import SwinTransformerBlock, get_relative_posi
 from ris.cli import main
 from ris.interop.lavt import OfficialCheckpointError, convert_state, load_official
 from ris.models import ModelConfig, RISModel, build_model
-from tests.conftest import LAVT_REFERENCE as REFERENCE
+from tests.helpers import LAVT_REFERENCE as REFERENCE
+from tests.helpers import LAVT_TOLERANCE, lavt_differences
 
-TOLERANCE = 1e-4
 # LAVT paper size: backbone (Swin-B + PWAMs + gates + norms), classifier (SimpleDecoding), BERT-base
 # without pooler.
 PAPER_PARAMS = {"backbone": 98_196_856, "classifier": 20_651_010, "bert": 108_891_648}
@@ -38,18 +38,6 @@ def reference() -> dict:
 @pytest.fixture(scope="module")
 def official_model() -> RISModel:
     return load_official(REFERENCE / "checkpoint.pth")
-
-
-def max_differences(model: RISModel, ref: dict, grad: bool = False) -> dict[str, float]:
-    """Max abs difference to the official outputs, per stage feature and for the 1/4-size scores (computed
-    with gradients when ``grad``, as in training: where activation checkpointing acts)."""
-    with torch.set_grad_enabled(grad):
-        out = model.forward_words(ref["image"], ref["l_feats"].transpose(1, 2), ref["l_mask"].squeeze(-1))
-    diffs = {
-        f"stage{i + 1}": (a - b).abs().max().item() for i, (a, b) in enumerate(zip(out["features"], ref["features"]))
-    }
-    diffs["scores"] = (out["scores"] - ref["scores_quarter"]).abs().max().item()
-    return diffs
 
 
 def checkpointed_training(model: RISModel) -> tuple[RISModel, Counter]:
@@ -73,17 +61,17 @@ def test_matches_official_outputs(official_model, reference, checkpointing):
     calls: Counter = Counter()
     if checkpointing:  # a fresh copy: the module's fixture stays as loaded
         official_model, calls = checkpointed_training(load_official(REFERENCE / "checkpoint.pth"))
-    diffs = max_differences(official_model, reference, grad=checkpointing)
+    diffs = lavt_differences(official_model, reference, grad=checkpointing)
     print("\nmax abs difference to the official LAVT:", json.dumps(diffs))
     assert set(diffs) == {"stage1", "stage2", "stage3", "stage4", "scores"}
-    assert all(d < TOLERANCE for d in diffs.values()), diffs
+    assert all(d < LAVT_TOLERANCE for d in diffs.values()), diffs
     scores = official_model.forward_words(
         reference["image"], reference["l_feats"].transpose(1, 2), reference["l_mask"].squeeze(-1)
     )["scores"]
     final = torch.nn.functional.interpolate(scores, size=(480, 480), mode="bilinear", align_corners=True)
-    # Scores within TOLERANCE of the official ones give its argmax wherever the two classes are further apart
+    # Scores within LAVT_TOLERANCE of the official ones give its argmax wherever the two classes are further apart
     # than twice that (upsampling averages); nearer, a tie may go either way (1 pixel of 460,800 here).
-    decided = (final[:, 1] - final[:, 0]).abs() > 2 * TOLERANCE
+    decided = (final[:, 1] - final[:, 0]).abs() > 2 * LAVT_TOLERANCE
     assert decided.float().mean() > 0.999
     assert torch.equal(final.argmax(1)[decided], reference["final_argmax"].long()[decided])  # stored as uint8
     if checkpointing:  # two forwards so far; the backward recomputes every block once more
@@ -98,9 +86,9 @@ def test_timm_window_order_does_not_match(reference):
     for block in model.modules():
         if isinstance(block, SwinTransformerBlock):
             block.__class__ = SwinTransformerBlock
-    diffs = max_differences(model, reference)
+    diffs = lavt_differences(model, reference)
     print("\nwith timm's window order:", json.dumps(diffs))
-    assert max(diffs["stage1"], diffs["stage2"], diffs["stage3"]) < TOLERANCE  # 120, 60, 30: multiples of 12
+    assert max(diffs["stage1"], diffs["stage2"], diffs["stage3"]) < LAVT_TOLERANCE  # 120, 60, 30: multiples of 12
     assert diffs["stage4"] > 0.1 and diffs["scores"] > 0.1
 
 
@@ -276,7 +264,7 @@ def test_import_writes_a_ris_checkpoint(reference, tiny_synthetic, tmp_path, cap
     assert config["model"]["image_size"] == 64 and config["run"] == run["run"]
     assert tokenizer.convert_tokens_to_ids("circle") == 7
     assert torch.equal(model.text.bert.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
-    assert max(max_differences(model, reference).values()) < TOLERANCE
+    assert max(lavt_differences(model, reference).values()) < LAVT_TOLERANCE
 
     Image.new("RGB", (90, 60), (200, 30, 30)).save(tmp_path / "photo.png")
     pred = predict(out, tmp_path / "photo.png", "the red circle")

@@ -12,17 +12,7 @@ import torch
 
 from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
 from ris.training.preemption import PREEMPT_EXIT_CODE
-from tests.test_engine import (  # noqa: F401 (prepared_tiny, store, reference: fixtures)
-    finish,
-    history_metrics,
-    make_config,
-    prepared_tiny,
-    reference,
-    start_cli,
-    store,
-    train_here,
-    wait_for,
-)
+from tests.helpers import finish, history_metrics, make_config, start_cli, train_here, wait_for
 
 # What model.pt may hold: what evaluation and `ris predict` need, and where it came from.
 MODEL_KEYS = {
@@ -31,7 +21,7 @@ MODEL_KEYS = {
 }  # fmt: skip
 
 
-def test_preempted_run_keeps_work_then_finishes_lean_and_exact(prepared_tiny, store, reference, tmp_path):  # noqa: F811
+def test_preempted_run_keeps_work_then_finishes_lean_and_exact(prepared_tiny, store, reference_run, tmp_path):
     cfg = make_config(prepared_tiny, store, keep_work=False)
     out = tmp_path / "run"
     proc, log = start_cli(cfg, out)
@@ -52,8 +42,8 @@ def test_preempted_run_keeps_work_then_finishes_lean_and_exact(prepared_tiny, st
     assert size < weights * 1.05 + 200_000  # weights plus a little metadata, nothing else
 
     # exact resume still: the same best model and history as the uninterrupted reference run
-    ref = load_checkpoint(reference / "model.pt")
+    ref = load_checkpoint(reference_run / "model.pt")
     assert all(torch.equal(model["model"][k], v) for k, v in ref["model"].items())
-    assert history_metrics(out) == history_metrics(reference)
+    assert history_metrics(out) == history_metrics(reference_run)
     net, tokenizer, config = model_from_checkpoint(model)  # what `ris evaluate` and `ris predict` do
     assert config["run"] == cfg["run"] and tokenizer.get_vocab()

@@ -13,7 +13,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from ris.lock import LOCK_FILE, environment_pins, lock_sha256, normalize, read_lock
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 LOCKED_TARGET = platform.system() == "Linux" and platform.machine() == "x86_64" and sys.version_info[:2] == (3, 11)
 

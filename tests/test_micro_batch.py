@@ -19,11 +19,7 @@ import torch
 
 from ris.training.checkpoint import load_checkpoint
 from ris.training.run_config import RunConfigError, check_run_config
-from tests import test_engine
-from tests.conftest import REPO
-from tests.test_engine import history_metrics, make_config, mlflow_run, train_here
-
-prepared_tiny, store, reference = test_engine.prepared_tiny, test_engine.store, test_engine.reference
+from tests.helpers import REPO, history_metrics, make_config, mlflow_run, train_here
 
 OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -64,7 +60,7 @@ def patch_predict(monkeypatch, most: int | None = None) -> list[int]:
 
 
 def test_auto_micro_batch_halves_on_oom_and_matches_a_run_started_halved(
-    prepared_tiny, store, reference, tmp_path, monkeypatch, caplog
+    prepared_tiny, store, reference_run, tmp_path, monkeypatch, caplog
 ):
     """Global batch 4, auto: step 1 runs 4 items at once, fails, and is redone as 2 x 2 accumulated; the run
     then equals the reference run (micro-batches of 2 from the start): same steps, weights, BN statistics."""
@@ -78,14 +74,14 @@ def test_auto_micro_batch_halves_on_oom_and_matches_a_run_started_halved(
     assert "out of memory at epoch 1 step 1 (global step 1): micro-batches of 2 now, 2 accumulated" in caplog.text
     assert val_sizes == [2] * 36  # validation follows the halved micro-batch (36 val samples, 2 validations)
 
-    ref, got = load_checkpoint(reference / "work" / "last.pt"), load_checkpoint(out / "work" / "last.pt")
+    ref, got = load_checkpoint(reference_run / "work" / "last.pt"), load_checkpoint(out / "work" / "last.pt")
     assert summary["global_step"] == got["global_step"] == ref["global_step"] == 6
     assert got["micro_batch_size"] == 2 and ref["micro_batch_size"] == 2
     for name, tensor in ref["model"].items():  # parameters and BatchNorm running statistics
         assert torch.allclose(got["model"][name].double(), tensor.double(), rtol=1e-6, atol=1e-7), name
     assert got["optimizer"]["state"][0]["step"] == ref["optimizer"]["state"][0]["step"] == 6
     assert got["scheduler"] == ref["scheduler"]
-    for mine, theirs in zip(history_metrics(out), history_metrics(reference), strict=True):
+    for mine, theirs in zip(history_metrics(out), history_metrics(reference_run), strict=True):
         assert mine == pytest.approx(theirs, rel=1e-6, abs=1e-9)
 
     client, run = mlflow_run(store, got["mlflow_run_id"])

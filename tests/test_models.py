@@ -1,18 +1,18 @@
-"""Model-level tests over the whole registry: shapes, finite losses, gradients, overfitting, paper size."""
+"""Model-level tests over the whole registry: shapes, finite losses, gradients, overfitting, paper size.
+
+The tiny models come from ``tests.helpers.tiny_model``; ``tests/test_adding_a_method.py`` runs these tests on
+the example method of docs/adding-a-method.md."""
 
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 import torch
 
-from ris.models import BACKBONES, METHODS, ModelConfig, RISModel, build_model
-from tests.conftest import model_loss
+from ris.models import BACKBONES, METHODS, ModelConfig, build_model
+from tests.helpers import IMAGE, VOCAB, model_loss, tiny_model
 
-IMAGE = 64  # tiny Swin: stage maps 16/8/4/2, window 4 (the last stage padded to it, as official Swin)
-VOCAB = 50
 TOKENS = 8
 
 # Parameters that may receive no gradient (None) by design, per method (regular expressions on parameter
@@ -44,19 +44,6 @@ GRID = [(m, b, DEFAULT_MASKS.get(m, 0), {}) for m in sorted(METHODS) for b in so
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
-def _model(method: str, backbone: str = "swin_b", num_masks: int = 0, options: dict | None = None) -> RISModel:
-    cfg = ModelConfig(
-        method=method,
-        backbone=backbone,
-        size="tiny",
-        image_size=IMAGE,
-        vocab_size=VOCAB,
-        num_masks=num_masks,
-        options=dict(options or {}),
-    )
-    return build_model(cfg)
-
-
 def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two images, 8 tokens (the second sentence padded after 5), a square target in each image."""
     g = torch.Generator().manual_seed(seed)
@@ -81,7 +68,7 @@ def _case_id(case: tuple) -> str:
 def test_forward_loss_backward(case):
     method, backbone, num_masks, options = case
     torch.manual_seed(0)
-    model = _model(method, backbone, num_masks, options)
+    model = tiny_model(method, backbone, num_masks, options)
     images, ids, mask, target = _batch()
     out = model(images, ids, mask)
     logits = out["logits"]
@@ -113,8 +100,8 @@ def test_forward_loss_backward(case):
 def test_word_dim_and_decoder_dim_set_the_widths(method):
     """word_dim: one projection of the words, which every fusion then takes; decoder_dim: the pixel decoder's
     width. Unset (paper scale), the model has no projection and LAVT's widths (its keys stay official)."""
-    narrow = _model(method, num_masks=DEFAULT_MASKS.get(method, 0), options=NARROW)
-    plain = _model(method, num_masks=DEFAULT_MASKS.get(method, 0))
+    narrow = tiny_model(method, num_masks=DEFAULT_MASKS.get(method, 0), options=NARROW)
+    plain = tiny_model(method, num_masks=DEFAULT_MASKS.get(method, 0))
     assert narrow.lang_dim == 16 and narrow.text_proj.in_features == plain.text.dim == plain.lang_dim
     assert narrow.decoder.hidden == 32 and plain.decoder.hidden == plain.backbone.channels[3] // 2
     assert not any(k.startswith("text_proj.") for k in plain.state_dict())
@@ -125,7 +112,7 @@ def test_word_dim_and_decoder_dim_set_the_widths(method):
 def test_lavt_forward_words_projects_text_features():
     """forward_words takes the text encoder's features, as the official model does; word_dim applies inside."""
     torch.manual_seed(0)
-    model = _model("lavt", options=NARROW).eval()
+    model = tiny_model("lavt", options=NARROW).eval()
     images, ids, mask, _ = _batch()
     words, _ = model.text(ids, mask)
     with torch.no_grad():
@@ -136,11 +123,11 @@ def test_lavt_forward_words_projects_text_features():
 
 def test_coupalign_without_masks_has_no_sma():
     shared = {"backbone", "text", "fusions", "decoder", "pixel_embed", "sentence_proj"}
-    model = _model("coupalign", num_masks=0)
+    model = tiny_model("coupalign", num_masks=0)
     heads = {n.split(".")[0] for n, _ in model.named_parameters()}
     assert heads == shared | {"classifier"}  # no query / query decoder / SMA parameters at N = 0
     assert not [n for n in heads if "query" in n or "hypotheses" in n]
-    with_sma = _model("coupalign", num_masks=4)
+    with_sma = tiny_model("coupalign", num_masks=4)
     heads = {n.split(".")[0] for n, _ in with_sma.named_parameters()}
     assert heads == shared | {"query_feat", "query_pos", "query_decoder", "hypotheses"}
     assert with_sma.query_feat.num_embeddings == 4
@@ -151,19 +138,19 @@ def test_coupalign_without_masks_has_no_sma():
 
 
 def test_eavl_query_count():
-    assert _model("eavl").num_queries == 8
-    assert _model("eavl", num_masks=3).num_queries == 3
-    assert _model("eavl", options={"num_queries": 5}).num_queries == 5
+    assert tiny_model("eavl").num_queries == 8
+    assert tiny_model("eavl", num_masks=3).num_queries == 3
+    assert tiny_model("eavl", options={"num_queries": 5}).num_queries == 5
     with pytest.raises(ValueError):
-        _model("eavl", num_masks=3, options={"num_queries": 5})
+        tiny_model("eavl", num_masks=3, options={"num_queries": 5})
     images, ids, mask, _ = _batch()
-    out = _model("eavl", num_masks=3)(images, ids, mask)
+    out = tiny_model("eavl", num_masks=3)(images, ids, mask)
     assert out["masks"].shape[:2] == (2, 3)
     assert torch.allclose(out["query_scores"].sum(1), torch.ones(2))
 
 
 def test_jmceln_stages():
-    model = _model("jmceln", options={"num_stages": 2, "stage_weights": [0.5, 1.0]})
+    model = tiny_model("jmceln", options={"num_stages": 2, "stage_weights": [0.5, 1.0]})
     images, ids, mask, target = _batch()
     out = model(images, ids, mask)
     assert len(out["stage_logits"]) == 2 and out["logits"] is out["stage_logits"][-1]
@@ -175,7 +162,7 @@ def test_jmceln_stages():
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_overfits_one_batch(method):
     torch.manual_seed(0)
-    model = _model(method, "swin_b", DEFAULT_MASKS.get(method, 0))
+    model = tiny_model(method, "swin_b", DEFAULT_MASKS.get(method, 0))
     model.train()
     images, ids, mask, target = _batch()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -197,8 +184,9 @@ PAPER_CASES = [(m, b) for m in sorted(METHODS) for b in sorted(BACKBONES)]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method,backbone", PAPER_CASES, ids=[f"{m}-{b}" for m, b in PAPER_CASES])
-def test_paper_size_forward(method, backbone):
-    """Paper-size networks (random init): one CPU forward at 480 px, 20 tokens; prints parameter counts."""
+def test_paper_size_networks_build_and_predict(method, backbone):
+    """Paper-size networks (random init) build, and one forward at 480 px, 20 tokens gives finite 1/4-size
+    logits. Their time and parameter counts: ``python -m benchmarks.paper_forward``."""
     torch.manual_seed(0)
     cfg = ModelConfig(
         method=method,
@@ -208,18 +196,9 @@ def test_paper_size_forward(method, backbone):
         num_masks=8 if method == "coupalign" else 0,
     )
     model = build_model(cfg).eval()
-    total = sum(p.numel() for p in model.parameters())
-    bb = sum(p.numel() for p in model.backbone.parameters())
-    txt = sum(p.numel() for p in model.text.parameters())
     ids = torch.randint(1000, cfg.vocab_size, (1, 20))
     mask = torch.ones(1, 20, dtype=torch.long)
     mask[0, 12:] = 0
-    start = time.perf_counter()
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 480, 480), ids, mask)["logits"]
-    seconds = time.perf_counter() - start
     assert logits.shape == (1, 1, 120, 120) and torch.isfinite(logits).all()
-    print(
-        f"\nPARAMS {method} {backbone}: total {total / 1e6:.2f}M = backbone {bb / 1e6:.2f}M"
-        f" + text {txt / 1e6:.2f}M + method {(total - bb - txt) / 1e6:.2f}M; forward {seconds:.1f}s"
-    )

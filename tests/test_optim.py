@@ -10,10 +10,7 @@ import torch
 from ris.interop.lavt import map_key
 from ris.models import ModelConfig, build_model
 from ris.training.optim import build_optimizer, lavt_official_groups, poly_lambda
-from tests import test_engine
-from tests.conftest import LAVT_REFERENCE
-
-prepared_tiny, store = test_engine.prepared_tiny, test_engine.store  # fixtures of the training tests
+from tests.helpers import LAVT_REFERENCE, make_config, train_here
 
 PAPER_KEYS = LAVT_REFERENCE / "paper_keys.json"
 BUFFERS = ("relative_position_index", "running_mean", "running_var", "num_batches_tracked")
@@ -87,10 +84,8 @@ def test_poly_decay_per_iteration():
 
 def test_training_with_the_official_recipe(prepared_tiny, store, tmp_path):
     """`train.optimizer: lavt_official` reaches the training loop: three groups, BERT's embeddings untouched."""
-    cfg = test_engine.make_config(
-        prepared_tiny, store, optimizer="lavt_official", epochs=1, max_steps_per_epoch=2, keep_work=True
-    )
-    test_engine.train_here(cfg, tmp_path / "run")
+    cfg = make_config(prepared_tiny, store, optimizer="lavt_official", epochs=1, max_steps_per_epoch=2, keep_work=True)
+    train_here(cfg, tmp_path / "run")
     last = torch.load(tmp_path / "run" / "work" / "last.pt", weights_only=True)
     groups = last["optimizer"]["param_groups"]
     assert [(g["name"], g["weight_decay"]) for g in groups] == [

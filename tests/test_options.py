@@ -22,7 +22,7 @@ import pytest
 from ris.catalog import options_markdown, read_catalog
 from ris.config import all_runs, run_config
 from ris.options import REQUIRED, Option, OptionError, resolve
-from tests.conftest import REPO, model_loss, one_thread
+from tests.helpers import REPO, model_loss, one_thread
 
 GOLDEN = REPO / "tests" / "golden" / "default_models.json"
 

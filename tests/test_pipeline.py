@@ -3,75 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
-
-SMALL_TABLE = {
-    "summary": {
-        "caption": "LAVT on the synthetic set",
-        "datasets": {"synthetic": ["val", "testA", "testB"]},
-        "runs": [{"method": "lavt", "backbone": "swin_b"}],
-    }
-}
-TINY = {
-    "synthetic": {"seed": 0, "image_size": 64, "num_images": {"train": 24, "val": 6, "testA": 4, "testB": 4}},
-    "train": {"image_size": 64, "epochs": 2, "batch_size": 4, "lr": 1.0e-3},
-    "pretrain": {"num_images": 12, "held_out": 4, "epochs": 1, "batch_size": 4, "warmup_steps": 1},
-}
-
-
-def shrink_pretraining(cfg: dict) -> None:
-    """The demo's backbone pretraining at test size: TINY's settings, every family's own but its seed dropped."""
-    section = cfg["scales"]["demo"]["pretrain"]
-    section.update(TINY["pretrain"])
-    section["families"] = {name: {"seed": f["seed"]} for name, f in section["families"].items()}
-
-
-def copy_workflow(tmp_path: Path) -> Path:
-    """A copy of the workflow (Snakefile, workflow/, environment.yml) in ``tmp_path/repo``, without config."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    shutil.copy(REPO / "Snakefile", work / "Snakefile")
-    shutil.copytree(REPO / "workflow", work / "workflow")
-    shutil.copy(REPO / "environment.yml", work / "environment.yml")
-    return work
-
-
-def make_workdir(tmp_path: Path, tables: dict | None = None, scale_train: dict | None = None) -> Path:
-    """Copy the workflow into ``tmp_path`` with a tiny config.yaml (a fresh-clone stand-in)."""
-    work = copy_workflow(tmp_path)
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["synthetic"].update(TINY["synthetic"])
-    cfg["scales"]["demo"]["train"].update(scale_train or TINY["train"])
-    shrink_pretraining(cfg)
-    cfg["tables"] = tables or SMALL_TABLE
-    if (cfg.get("stats") or {}).get("table") not in cfg["tables"]:
-        cfg.pop("stats", None)  # it names a table of the full config
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return work
-
-
-def snakemake(work: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.helpers import REPO, copy_workflow, make_workdir, snakemake
 
 
 @pytest.mark.slow

@@ -19,30 +19,7 @@ from ris.evaluation.results import encode_masks
 from ris.report.curves import plot_num_masks, plot_precision, plot_training
 from ris.report.grids import plot_qualitative, plot_swap, select_samples, select_swap_pairs
 from ris.report.spec import table_figures, table_spec
-from tests.test_tables import repo_config, write_fixture_metrics
-
-
-def assert_valid_figure(path: Path) -> None:
-    """A readable PNG with real content (many colours, not one flat colour), or a well-formed PDF with a page."""
-    path = Path(path)
-    assert path.exists() and path.stat().st_size > 2_000, f"{path}: missing or tiny"
-    if path.suffix == ".png":
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
-            assert im.format == "PNG" and im.width >= 200 and im.height >= 150, f"{path}: {im.size}"
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-        assert arr.std() > 5.0, f"{path}: blank (pixel std {arr.std():.2f})"
-        colors = np.unique(arr.reshape(-1, 3)[::7], axis=0)
-        assert len(colors) > 20, f"{path}: only {len(colors)} colours"
-        dark = (arr.mean(axis=2) < 128).mean()
-        assert 0.002 < dark, f"{path}: nothing drawn"
-    elif path.suffix == ".pdf":
-        data = path.read_bytes()
-        assert data.startswith(b"%PDF-") and b"%%EOF" in data[-64:], f"{path}: not a complete PDF"
-        assert b"/Type /Page" in data or b"/Type/Page" in data, f"{path}: no page"
-    else:
-        raise AssertionError(f"{path}: unexpected figure format")
+from tests.helpers import assert_valid_figure, repo_config, write_fixture_metrics
 
 
 @pytest.fixture(scope="module")

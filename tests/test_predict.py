@@ -13,7 +13,7 @@ from ris.data.tokenizer import build_vocab
 from ris.evaluation.predict import overlay_image, predict
 from ris.models import ModelConfig, build_model
 from ris.training.checkpoint import save_checkpoint
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SENTENCES = ["the red circle on the left", "big blue square", "object in green"]
 

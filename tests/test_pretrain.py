@@ -17,8 +17,7 @@ from ris.models.registry import BACKBONES
 from ris.training.pretrain import PretrainConfig, dense_labels
 from ris.training.tracking import flatten
 from ris.utils import read_json
-from tests.conftest import REPO
-from tests.test_pipeline import copy_workflow, shrink_pretraining, snakemake
+from tests.helpers import REPO, copy_workflow, shrink_pretraining, snakemake
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from ris.report.published import default_path, load_published
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 SOURCES = FIXTURES / "published_sources"
 

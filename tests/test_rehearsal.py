@@ -17,8 +17,7 @@ import yaml
 from ris.config import load_yaml, rehearsing, run_config, table_runs, validate
 from ris.rehearsal import rehearsal_overlay
 from ris.training.offline import hub_parts, packaged_vocabulary, resolve_hub_weights
-from tests.conftest import REPO
-from tests.test_pipeline import copy_workflow, snakemake
+from tests.helpers import REPO, copy_workflow, snakemake
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 REHEARSE = ("--config", "scale=paper", "rehearsal=true")

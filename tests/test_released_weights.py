@@ -8,8 +8,7 @@ from pathlib import Path
 import yaml
 
 from ris.config import RunKey, released_checkpoint
-from tests.conftest import REPO
-from tests.test_pipeline import copy_workflow, snakemake
+from tests.helpers import REPO, copy_workflow, snakemake
 
 LAVT_WEIGHTS = {
     "refcoco": "refcoco.pth",

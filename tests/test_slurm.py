@@ -20,8 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.test_pipeline import make_workdir, snakemake
+from tests.helpers import REPO, make_workdir, snakemake
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 DEFAULT_PROFILE = REPO / "workflow" / "profiles" / "default"

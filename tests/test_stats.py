@@ -93,7 +93,7 @@ def test_stats_table_prints_seed_intervals_and_the_paired_bootstrap(tmp_path):
     from ris.report.build import PAIRED
     from ris.report.render import write_tables
     from ris.report.spec import stats_spec
-    from tests.test_tables import repo_config, write_fixture_metrics
+    from tests.helpers import repo_config, write_fixture_metrics
 
     cfg = repo_config(tmp_path / "results")
     cfg["stats"]["bootstrap"] = {"resamples": 1000, "seed": 0}
@@ -140,7 +140,7 @@ def test_stats_table_prints_seed_intervals_and_the_paired_bootstrap(tmp_path):
 
 def test_stats_section_is_checked_against_the_tables():
     from ris.config import ConfigError, load_yaml, validate
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
     cfg = load_yaml(REPO / "config.yaml")

@@ -18,71 +18,14 @@ import pandas as pd
 import pytest
 
 from ris.cli import main
-from ris.config import load_yaml, table_evaluations
 from ris.report.build import build_table
 from ris.report.published import METHOD_DISPLAY, default_path, load_published, method_display, method_key
 from ris.report.render import to_latex, to_markdown, write_tables
 from ris.report.spec import spec_datasets, table_spec
-from tests.conftest import REPO
+from tests.helpers import REPO, repo_config, write_fixture_metrics
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("RIS_UPDATE_GOLDEN") == "1"
-
-METHOD_BASE = {
-    "lavt": 40.0, "coupalign": 45.0, "eavl": 43.0, "jmceln": 44.0,
-    "all_foreground": 6.0, "random_object": 25.0, "largest_object": 30.0,
-}  # fmt: skip
-BACKBONE_OFFSET = {"swin_b": 0.0, "resnet101": -3.0, "darknet53": -4.0, "-": 0.0}
-SPLIT_OFFSET = {"val": 0.0, "testA": 2.0, "testB": -2.0, "test": 1.0}
-METRIC_OFFSET = {
-    "oIoU": 0.0, "mIoU": 1.5, "P@0.5": 10.0, "P@0.6": 5.0, "P@0.7": 0.0, "P@0.8": -8.0, "P@0.9": -20.0, "RefAcc": 30.0,
-}  # fmt: skip
-
-
-def fixed_value(method: str, backbone: str, num_masks: int, split: str, metric: str, seed: int) -> float:
-    """A deterministic, recognisable number for one (run, split, metric, seed)."""
-    base = METHOD_BASE[method] + BACKBONE_OFFSET[backbone] + num_masks / 50
-    return round(base + SPLIT_OFFSET[split] + METRIC_OFFSET[metric] + 0.5 * seed, 4)
-
-
-def repo_config(results: Path, seeds: list[int] | None = None) -> dict:
-    cfg = load_yaml(REPO / "config.yaml")
-    cfg["results_dir"] = str(results)
-    cfg["seeds"] = seeds or [0]
-    return cfg
-
-
-def write_fixture_metrics(config: dict, table: str, skip: set[tuple[str, int]] | None = None) -> list[Path]:
-    """metrics.json files of every evaluation of ``table`` with :func:`fixed_value` numbers.
-
-    ``skip``: (run name without seed, seed) pairs to leave out (missing runs).
-    """
-    files = []
-    for k, split in table_evaluations(config, table):
-        if skip and (k.name.rsplit("-s", 1)[0], k.seed) in skip:
-            continue
-        path = Path(config["results_dir"]) / "eval" / k.path / split / "metrics.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        metrics = {m: fixed_value(k.method, k.backbone, k.num_masks, split, m, k.seed) for m in METRIC_OFFSET}
-        record = {
-            "dataset": k.dataset, "split": split, "method": k.method, "backbone": k.backbone,
-            "num_masks": k.num_masks, "seed": k.seed, "metrics": metrics, "counts": {"samples": 10, "refs": 4},
-        }  # fmt: skip
-        path.write_text(json.dumps(record))
-        files.append(path)
-    baselines = config["scales"][config["scale"]].get("baselines", [])
-    for dataset, split in dict.fromkeys((k.dataset, s) for k, s in table_evaluations(config, table)):
-        for name in baselines:  # as ris baselines writes them
-            path = Path(config["results_dir"]) / "baselines" / dataset / split / name / "metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            metrics = {m: fixed_value(name, "-", 0, split, m, 0) for m in METRIC_OFFSET}
-            record = {
-                "dataset": dataset, "split": split, "method": name, "backbone": "-", "num_masks": 0, "seed": 0,
-                "metrics": metrics, "counts": {"samples": 10, "refs": 4},
-            }  # fmt: skip
-            path.write_text(json.dumps(record))
-            files.append(path)
-    return files
 
 
 def check_golden(name: str, text: str) -> None:

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from ris.training.tracking import RETRIES, init_store, retry, runtime_tags
-from tests.conftest import REPO
-from tests.test_engine import finish, make_config, prepared_tiny, start_cli, train_here  # noqa: F401 (prepared_tiny: a fixture)
+from tests.helpers import REPO, finish, make_config, start_cli, train_here
 
 
 def test_retry_backs_off_on_locks_and_raises_other_errors():
@@ -103,7 +102,7 @@ def test_writers_on_a_new_store_create_it_one_at_a_time(tmp_path):
     assert len({run_id for run_id, _, _ in done}) == 3
 
 
-def test_two_trainings_started_together_on_a_new_store(prepared_tiny, tmp_path):  # noqa: F811
+def test_two_trainings_started_together_on_a_new_store(prepared_tiny, tmp_path):
     """Two ``ris train`` started at the same moment, no ``mlflow-init`` before: both finish, two runs logged."""
     uri = "sqlite:///" + str(tmp_path / "fresh" / "mlflow.db")
     started = []
@@ -196,7 +195,7 @@ def mlflow_server(tmp_path):
         log.close()
 
 
-def test_training_logs_to_a_real_mlflow_server(mlflow_server, prepared_tiny, tmp_path, monkeypatch):  # noqa: F811
+def test_training_logs_to_a_real_mlflow_server(mlflow_server, prepared_tiny, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from ris.config import tracking_uri
@@ -227,7 +226,7 @@ def test_training_logs_to_a_real_mlflow_server(mlflow_server, prepared_tiny, tmp
         ("jmceln", {"num_stages": 2}, {"mask", "stage1", "stage2"}),
     ],
 )
-def test_every_loss_term_is_logged_per_epoch(prepared_tiny, tmp_path, method, options, terms):  # noqa: F811
+def test_every_loss_term_is_logged_per_epoch(prepared_tiny, tmp_path, method, options, terms):
     """Each term of the method's loss dict, averaged over the epoch's steps (2 accumulated micro-batches each),
     is in every line of history.jsonl and an MLflow metric ``train_<term>`` per epoch (SQLite store)."""
     from mlflow.tracking import MlflowClient

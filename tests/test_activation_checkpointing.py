@@ -15,8 +15,7 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 from torch import nn
 
 from ris.models import METHODS, ModelConfig, RISModel, build_model
-from tests.conftest import model_loss
-from tests.test_models import IMAGE, VOCAB, _model
+from tests.helpers import IMAGE, VOCAB, model_loss, tiny_model
 
 TOKENS = 8
 # Stochastic everywhere it can be (drop path in every Swin block, dropout in the fusions and query
@@ -35,7 +34,7 @@ def _pair(method: str, backbone: str = "swin_b", options: dict | None = None) ->
         declared = {o.name for o in METHODS[method].OPTIONS}  # the query decoders' dropout: CoupAlign, EAVL
         stochastic = {k: v for k, v in STOCHASTIC.items() if k != "dropout" or k in declared}
         opts = {**stochastic, **(options or {}), "activation_checkpointing": on}
-        models.append(_model(method, backbone, NUM_MASKS.get(method, 0), opts).train())
+        models.append(tiny_model(method, backbone, NUM_MASKS.get(method, 0), opts).train())
     models[1].load_state_dict(models[0].state_dict())
     return models[0], models[1]
 

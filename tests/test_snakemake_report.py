@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from ris.cli import main
-from tests.test_pipeline import make_workdir, snakemake
-from tests.test_plots import assert_valid_figure
+from tests.helpers import assert_valid_figure, make_workdir, snakemake
 
 TABLES = {
     "mask_number": {
@@ -314,7 +313,7 @@ def test_full_demo_dag_declares_every_table_and_figure(tmp_path):
     """The demo config's DAG (dry run): four tables in four formats, and all their figures."""
     import yaml
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     work = make_workdir(tmp_path, tables=yaml.safe_load((REPO / "config.yaml").read_text())["tables"])
     r = snakemake(work, "-n", "--quiet", "rules")
