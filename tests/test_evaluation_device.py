@@ -80,7 +80,7 @@ def test_paper_dry_run_evaluates_on_one_gpu_with_the_rate_runtime(tmp_path, conf
     jobs = dry_run(tmp_path, config, "paper")
     config["scale"] = "paper"
     groups = evaluation_splits(config)
-    assert len(jobs) == len(set(all_runs(config))) == 24  # the default target: the tables' runs
+    assert len(jobs) == len(set(all_runs(config)))  # the default target: the tables' runs
     for job in jobs:
         w = job["wildcards"]
         key = RunKey(w["dataset"], w["method"], w["backbone"], int(w["num_masks"]), int(w["seed"]))

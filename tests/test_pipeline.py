@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.helpers import REPO, copy_workflow, make_workdir, snakemake
+from tests.helpers import REPO, copy_workflow, dry_run_counts, make_workdir, snakemake
 
 
 @pytest.mark.slow
@@ -88,22 +88,22 @@ def test_invalid_config_gives_clear_error(tmp_path):
 
 
 def test_paper_dry_run_lists_every_job_without_network(tmp_path):
-    """`snakemake -n --config scale=paper` plans downloads, prepares, trainings and evaluations of all tables."""
+    """`snakemake -n --config scale=paper` on the shipped config.yaml plans the downloads, and one prepare per
+    dataset, one training and one evaluation job per run and one tables job per table of that config."""
+    from ris.config import all_runs, load_yaml
+
     work = copy_workflow(tmp_path)
     shutil.copy(REPO / "config.yaml", work / "config.yaml")
     r = snakemake(work, "-n", "--config", "scale=paper")
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout + r.stderr
-    counts = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    # 4 archives (3 annotation zips + train2014), 4 prepared datasets, 24 trainings, 24 evaluation jobs
-    # (one per run, covering its 44 (run, split) evaluations: tests/test_config.py)
-    assert counts["download"] == 4 and counts["prepare"] == 4
-    assert counts["train"] == 24 and counts["evaluate"] == 24
-    assert counts["tables"] == 4
+    counts = dry_run_counts(out)
+    cfg = {**load_yaml(REPO / "config.yaml"), "scale": "paper"}
+    runs = set(all_runs(cfg))  # the counts follow the config: tests/test_config.py pins the shipped grid's size
+    assert counts["download"] == len(cfg["downloads"])  # the annotation zips and train2014
+    assert counts["prepare"] == len({k.dataset for k in runs})
+    assert counts["train"] == counts["evaluate"] == len(runs)  # one evaluation job per run, covering its splits
+    assert counts["tables"] == len(cfg["tables"])
     assert "baselines" not in counts  # demo-scale rows only: the paper grid is unchanged
     assert "text_features" not in counts  # paper scale fine-tunes BERT: nothing to compute once
     assert "data/refer/.refcocog.zip.extracted" in out and "data/images/.train2014.zip.extracted" in out

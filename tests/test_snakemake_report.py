@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from ris.cli import main
-from tests.helpers import assert_valid_figure, make_workdir, snakemake
+from tests.helpers import assert_valid_figure, dry_run_counts, make_workdir, snakemake
 
 TABLES = {
     "mask_number": {
@@ -309,18 +309,34 @@ def test_runs_on_a_missing_store_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "none.db").exists()
 
 
-def test_full_demo_dag_declares_every_table_and_figure(tmp_path):
-    """The demo config's DAG (dry run): four tables in four formats, and all their figures."""
+def test_dag_declares_every_table_and_figure(tmp_path):
+    """A DAG of three small tables (dry run, a config of the test's own): each table in four formats with its
+    figures, the N figure where a table spans three N, one mask-hypotheses figure per method named for it."""
     import yaml
 
-    from tests.helpers import REPO
-
-    work = make_workdir(tmp_path, tables=yaml.safe_load((REPO / "config.yaml").read_text())["tables"])
+    tables = {
+        **TABLES,
+        "others": {
+            "caption": "EAVL and JMCELN.",
+            "datasets": {"refcoco": ["val"]},
+            "metrics": ["mIoU"],
+            "runs": [{"method": "eavl", "backbone": "swin_b"}, {"method": "jmceln", "backbone": "swin_b"}],
+        },
+    }
+    work = make_workdir(tmp_path, tables=tables)
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg.pop("stats", None)
+    cfg["mask_diagnostics"] = {
+        "figures": {
+            m: {"backbone": "swin_b", "num_masks": n} for m, n in (("coupalign", 100), ("eavl", 0), ("jmceln", 0))
+        }
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     r = snakemake(work, "-n", "--quiet", "rules")
     assert r.returncode == 0, r.stdout + r.stderr
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
-    assert counts["tables"] == "4" and counts["plot_precision"] == "4" and counts["plot_training"] == "4"
-    assert counts["plot_qualitative"] == "4" and counts["plot_num_masks"] == "1"
-    assert counts["train"] == "12"
-    # the N-mask diagnostics: one table, one figure per method with N masks (CoupAlign, EAVL, JMCELN)
-    assert counts["mask_diagnostics"] == "1" and counts["plot_mask_hypotheses"] == "3"
+    counts = dry_run_counts(r.stdout)
+    for rule in ("tables", "plot_precision", "plot_training", "plot_qualitative"):
+        assert counts[rule] == 3, (rule, counts)
+    assert counts["plot_num_masks"] == 1  # mask_number: N = 0, 20, 100
+    assert counts["train"] == 6  # CoupAlign N = 0, 20, 100 (100 shared by two tables), LAVT, EAVL, JMCELN
+    assert counts["mask_diagnostics"] == 1 and counts["plot_mask_hypotheses"] == 3

@@ -88,7 +88,7 @@ def test_paired_bootstrap_averages_seeds_and_checks_pairing():
 
 
 def test_stats_table_prints_seed_intervals_and_the_paired_bootstrap(tmp_path):
-    """The `stats:` table (Table 3, 3 seeds): CIs in the cells, N=100 vs N=0 under the table and in the CSV."""
+    """The `stats:` table (six N, 3 seeds): CIs in the cells, N=100 vs N=0 under the table and in the CSV."""
     from ris.config import stats_config
     from ris.report.build import PAIRED
     from ris.report.render import write_tables
@@ -96,7 +96,17 @@ def test_stats_table_prints_seed_intervals_and_the_paired_bootstrap(tmp_path):
     from tests.helpers import repo_config, write_fixture_metrics
 
     cfg = repo_config(tmp_path / "results")
-    cfg["stats"]["bootstrap"] = {"resamples": 1000, "seed": 0}
+    # a stats section, table and baselines of the test's own (config.yaml's may change): N = 100 vs N = 0
+    runs = [{"method": "coupalign", "backbone": "swin_b", "num_masks": n} for n in (0, 20, 50, 100, 150, 200)]
+    table = {"caption": "N.", "datasets": {"refcoco": ["val"]}, "metrics": ["mIoU"], "runs": runs}
+    cfg["tables"] = {"mask_number": table}
+    cfg["scales"]["demo"]["baselines"] = ["all_foreground", "random_object", "largest_object"]
+    cfg["stats"] = {
+        "table": "mask_number",
+        "seeds": [0, 1, 2],
+        "comparisons": [{"a": runs[3], "b": runs[0]}],
+        "bootstrap": {"resamples": 1000, "seed": 0},
+    }
     spec = stats_spec(cfg)
     assert spec["seeds"] == [0, 1, 2] and spec["comparisons"][0]["a"]["num_masks"] == 100
     spec["metrics"] = ["mIoU", "P@0.5", "P@0.9", "RefAcc"]
