@@ -19,8 +19,7 @@ from timm.models.swin_transformer import SwinTransformerBlock, get_relative_posi
 from ris.cli import main
 from ris.interop.lavt import OfficialCheckpointError, convert_state, load_official
 from ris.models import ModelConfig, RISModel, build_model
-from tests.helpers import LAVT_REFERENCE as REFERENCE
-from tests.helpers import LAVT_TOLERANCE, lavt_differences
+from tests.helpers import LAVT_REFERENCE, LAVT_TOLERANCE, lavt_differences
 
 # LAVT paper size: backbone (Swin-B + PWAMs + gates + norms), classifier (SimpleDecoding), BERT-base
 # without pooler.
@@ -32,12 +31,12 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    return torch.load(REFERENCE / "io.pt", weights_only=True)
+    return torch.load(LAVT_REFERENCE / "io.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def official_model() -> RISModel:
-    return load_official(REFERENCE / "checkpoint.pth")
+    return load_official(LAVT_REFERENCE / "checkpoint.pth")
 
 
 def checkpointed_training(model: RISModel) -> tuple[RISModel, Counter]:
@@ -60,7 +59,7 @@ def checkpointed_training(model: RISModel) -> tuple[RISModel, Counter]:
 def test_matches_official_outputs(official_model, reference, checkpointing):
     calls: Counter = Counter()
     if checkpointing:  # a fresh copy: the module's fixture stays as loaded
-        official_model, calls = checkpointed_training(load_official(REFERENCE / "checkpoint.pth"))
+        official_model, calls = checkpointed_training(load_official(LAVT_REFERENCE / "checkpoint.pth"))
     diffs = lavt_differences(official_model, reference, grad=checkpointing)
     print("\nmax abs difference to the official LAVT:", json.dumps(diffs))
     assert set(diffs) == {"stage1", "stage2", "stage3", "stage4", "scores"}
@@ -82,7 +81,7 @@ def test_matches_official_outputs(official_model, reference, checkpointing):
 
 def test_timm_window_order_does_not_match(reference):
     """The same model with timm's shift-then-pad blocks misses the reference at the 15x15 stage."""
-    model = load_official(REFERENCE / "checkpoint.pth")
+    model = load_official(LAVT_REFERENCE / "checkpoint.pth")
     for block in model.modules():
         if isinstance(block, SwinTransformerBlock):
             block.__class__ = SwinTransformerBlock
@@ -150,7 +149,7 @@ def _paper_state(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
 
 
 def test_paper_keys_map_onto_paper_size_model():
-    keys = json.loads((REFERENCE / "paper_keys.json").read_text())
+    keys = json.loads((LAVT_REFERENCE / "paper_keys.json").read_text())
     with torch.device("meta"):
         model = build_model(ModelConfig(method="lavt", size="full", image_size=480))
     target = model.state_dict()
@@ -171,7 +170,7 @@ def test_paper_keys_map_onto_paper_size_model():
 
 
 def _broken(tmp_path: Path, edit) -> Path:
-    ckpt = torch.load(REFERENCE / "checkpoint.pth", weights_only=True)
+    ckpt = torch.load(LAVT_REFERENCE / "checkpoint.pth", weights_only=True)
     edit(ckpt["model"])
     path = tmp_path / "broken.pth"
     torch.save(ckpt, path)
@@ -180,7 +179,7 @@ def _broken(tmp_path: Path, edit) -> Path:
 
 def _truncated(tmp_path: Path) -> Path:
     path = tmp_path / "truncated.pth"
-    path.write_bytes((REFERENCE / "checkpoint.pth").read_bytes()[:100_000])
+    path.write_bytes((LAVT_REFERENCE / "checkpoint.pth").read_bytes()[:100_000])
     return path
 
 
@@ -202,7 +201,7 @@ BAD = {
     "truncated": (_truncated, "not a readable PyTorch checkpoint"),
     "other format": (_other_format, "no 'model' state dict"),
     "missing key": (_missing_key, "missing fusions.1.pwam.mm_proj.0.weight"),
-    "no bert_model": (lambda tmp_path: REFERENCE / "checkpoint.pth", "no bert_model (the fine-tuned BERT)"),
+    "no bert_model": (lambda tmp_path: LAVT_REFERENCE / "checkpoint.pth", "no bert_model (the fine-tuned BERT)"),
     "wrong shape": (_wrong_shape, "mis-shaped classifier.conv1_1.weight [2, 7, 1, 1] (expected [2, 64, 1, 1])"),
 }
 
@@ -242,7 +241,7 @@ def test_import_writes_a_ris_checkpoint(reference, tiny_synthetic, tmp_path, cap
 
     torch.manual_seed(0)
     bert = BertModel(BertConfig(vocab_size=16, max_position_embeddings=512, **BERT_BASE), add_pooling_layer=True)
-    ckpt = torch.load(REFERENCE / "checkpoint.pth", weights_only=True)
+    ckpt = torch.load(LAVT_REFERENCE / "checkpoint.pth", weights_only=True)
     ckpt["bert_model"] = bert.state_dict()  # with the pooler, which LAVT does not use: ignored
     src = tmp_path / "refcoco.pth"
     torch.save(ckpt, src)
