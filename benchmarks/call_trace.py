@@ -22,8 +22,9 @@ ddp``; ``ddp.gather(...)``), ``self.m()``, ``super().m()`` and ``Class.m()``, co
 also ``__enter__`` before the block and ``__exit__`` after it), and ``x.m()`` where the type of ``x`` is
 obvious: an annotated parameter (``run: Run``), a local assigned from a constructor or from a function with a
 return annotation (``run = build_run(...)``), or an attribute annotated in its class (``run.tracker:
-Tracker | None``, so ``run.tracker.finish()``; or set as ``self.x = C(...)``), chained (``run.bn_stats.begin()``). Calls are taken in evaluation
-order (arguments before the call); nested functions and lambdas are read where they are written.
+Tracker | None``, so ``run.tracker.finish()``; or set as ``self.x = C(...)``), chained
+(``run.bn_stats.begin()``). Calls are taken in evaluation order (arguments before the call); nested functions
+and lambdas are read where they are written.
 
 Not followed: properties (an attribute read is not a call), functions passed as values (``worker_init_fn=``,
 callbacks), decorators, calls through containers or dynamic dispatch (``registry[name](...)``, ``getattr``),
@@ -61,6 +62,8 @@ class Module:
 
 @dataclass
 class ClassInfo:
+    """A class of the package: its methods and the attributes whose type it states."""
+
     module: Module
     node: ast.ClassDef
     methods: dict[str, ast.FunctionDef] = field(default_factory=dict)
