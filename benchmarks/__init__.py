@@ -14,5 +14,6 @@ nothing in ``ris`` imports them.
     gpu_check           one-command check of the GPU path (training steps, evaluation rate, bf16 accuracy)
     plan_time           how long ``snakemake -n`` takes to plan the paper grid and the demo's
     mask_variants       demo runs of CoupAlign/EAVL/JMCELN training variants over seeds: do N masks differ?
+    call_trace          static trace of the calls from training's train(): returns to a file already left
     bench_utils         shared helpers: the machine line, Markdown tables, the paper model's config, official LAVT
 """

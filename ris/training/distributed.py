@@ -264,3 +264,19 @@ class BatchNormStatsMerger:
             m.running_var.copy_(var.view_as(m.running_var))
             m.num_batches_tracked.copy_(count0 + w * a)
         self._before = []
+
+
+def wrap_for_processes(
+    core: nn.Module, ctx: DistContext, device: torch.device, accumulation: int
+) -> tuple[nn.Module, BatchNormStatsMerger]:
+    """The model the step calls (``core``, or its DDP wrapper under torchrun) and the BatchNorm statistics
+    merger; called once the weights are restored."""
+    model = core
+    if ctx.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            core,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+            **no_buffer_broadcast(),  # BatchNormStatsMerger keeps the ranks' statistics identical
+        )
+    return model, BatchNormStatsMerger(core, ctx, accumulation)

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ENGINE_KEYS", "Run", "TrainState", "best_state", "build_run", "config_changes", "resolve_precision",
-    "restore", "resume_state", "wrap_for_processes",
+    "restore", "resume_state",
 ]  # fmt: skip
 
 
@@ -223,19 +223,6 @@ def build_tokenizer(cfg: dict[str, Any], train_sentences: list[str]):
         return load_tokenizer(pretrained, None), None
     vocab = packaged_vocabulary(cfg) or build_vocab(train_sentences)  # a rehearsal without the hub: BERT's
     return load_tokenizer(None, vocab), vocab
-
-
-def wrap_for_processes(run: Run) -> None:
-    """The model the step calls (DDP under torchrun) and the BatchNorm statistics merger, once state is restored."""
-    run.model = run.core
-    if run.ctx.enabled:
-        run.model = torch.nn.parallel.DistributedDataParallel(
-            run.core,
-            device_ids=[run.dev.index] if run.dev.type == "cuda" else None,
-            find_unused_parameters=True,
-            **ddp.no_buffer_broadcast(),  # BatchNormStatsMerger keeps the ranks' statistics identical
-        )
-    run.bn_stats = ddp.BatchNormStatsMerger(run.core, run.ctx, run.accum)
 
 
 # ---------------------------------------------------------------------------------- last.pt and best.pt

@@ -60,7 +60,7 @@ from ris.training import run_log
 from ris.training.checkpoint import load_checkpoint, save_checkpoint
 from ris.training.ema import ema_weights
 from ris.training.preemption import Preempted, StopRequest, ignore_stop_signals, marker_path
-from ris.training.run import Run, best_state, build_run, restore, resume_state, wrap_for_processes
+from ris.training.run import Run, best_state, build_run, restore, resume_state
 from ris.training.run_config import check_run_config
 from ris.training.sampler import StepSampler, micro_seed
 from ris.utils import write_json
@@ -89,7 +89,7 @@ def train(cfg: dict[str, Any], out_dir: Path, device: str | None = None, progres
         run = build_run(cfg, Path(out_dir), dev, ctx, stop, progress)
         resumed = run.last_path.exists()
         run_id = restore(run, load_checkpoint(run.last_path)) if resumed else None
-        wrap_for_processes(run)
+        run.model, run.bn_stats = ddp.wrap_for_processes(run.core, ctx, dev, run.accum)  # DDP, once restored
         run_log.open_tracker(run, run_id, resumed)
         try:
             for epoch in range(run.state.epochs_done, run.epochs):
