@@ -146,7 +146,7 @@ def test_eavl_query_count():
     images, ids, mask, _ = _batch()
     out = tiny_model("eavl", num_masks=3)(images, ids, mask)
     assert out["masks"].shape[:2] == (2, 3)
-    assert torch.allclose(out["query_scores"].sum(1), torch.ones(2))
+    assert torch.allclose(out["mask_weights"].sum(1), torch.ones(2))
 
 
 def test_jmceln_stages():
@@ -155,7 +155,9 @@ def test_jmceln_stages():
     out = model(images, ids, mask)
     assert len(out["stage_logits"]) == 2 and out["logits"] is out["stage_logits"][-1]
     losses = model_loss(model, out, target)
-    expected = (0.5 * losses["stage1"] + 1.0 * losses["stage2"]) / 1.5
+    stages = (0.5 * losses["stage1"] + 1.0 * losses["stage2"]) / 1.5
+    hypotheses = model.proposal_weight * losses["proposal"] + model.selection_weight * losses["selection"]
+    expected = stages + model.option("aux_weight") * losses["aux"] + hypotheses
     assert torch.allclose(losses["loss"].detach(), expected)
 
 

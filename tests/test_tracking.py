@@ -222,8 +222,12 @@ def test_training_logs_to_a_real_mlflow_server(mlflow_server, prepared_tiny, tmp
 @pytest.mark.parametrize(
     ("method", "options", "terms"),
     [
-        ("coupalign", {"aux_weight": 0.5, "query_layers": 1}, {"mask", "aux"}),
-        ("jmceln", {"num_stages": 2}, {"mask", "stage1", "stage2"}),
+        (
+            "coupalign",
+            {"aux_weight": 0.5, "proposal_weight": 0.7, "selection_weight": 0.2, "query_layers": 1},
+            {"mask", "aux", "proposal", "selection"},
+        ),
+        ("jmceln", {"num_stages": 2}, {"mask", "stage1", "stage2", "aux", "proposal", "selection"}),
     ],
 )
 def test_every_loss_term_is_logged_per_epoch(prepared_tiny, tmp_path, method, options, terms):
@@ -247,7 +251,8 @@ def test_every_loss_term_is_logged_per_epoch(prepared_tiny, tmp_path, method, op
         ], term
     for r in history:
         assert {k[len("train_") :] for k in r if k.startswith("train_")} == {"loss"} | terms
-        if method == "coupalign":  # loss = mask + aux_weight * aux: the epoch means keep that sum
-            assert r["train_loss"] == pytest.approx(r["train_mask"] + 0.5 * r["train_aux"], rel=1e-6)
+        if method == "coupalign":  # loss = mask + weighted aux, proposal, selection: the epoch means keep that sum
+            weighted = 0.5 * r["train_aux"] + 0.7 * r["train_proposal"] + 0.2 * r["train_selection"]
+            assert r["train_loss"] == pytest.approx(r["train_mask"] + weighted, rel=1e-6)
         else:  # the last stage's mask loss is the mask term
             assert r["train_mask"] == r[f"train_stage{options['num_stages']}"]
