@@ -87,6 +87,7 @@ def test_cli_prepares_the_real_fixture(refcocog_sample, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        "instances.parquet",  # the split images' COCO instances: the N masks' proposal targets
         "summary.json",
         "test.parquet",
         "train.parquet",

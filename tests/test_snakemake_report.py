@@ -163,10 +163,10 @@ def test_results_hold_every_table_and_figure(dag):
     assert "missing" not in main_md
     # one row per run whose prediction is a weighted sum of N masks: CoupAlign N = 20 and 100, not N = 0 or LAVT
     diag = pd.read_csv(results / "tables" / "mask_diagnostics.csv")
-    assert list(diag["run"]) == ["coupalign-swin_b-n20-s0", "coupalign-swin_b-n100-s0"]
+    assert list(diag["run"]) == ["synthetic/coupalign-swin_b-n20-s0", "synthetic/coupalign-swin_b-n100-s0"]
     assert (diag["samples"] > 0).all() and diag["split"].eq("val").all()
     assert diag["weight_entropy"].between(0, 1).all() and (diag["distinct_masks"] >= 0).all()
-    assert "| coupalign-swin_b-n100-s0 | val |" in (results / "tables" / "mask_diagnostics.md").read_text()
+    assert "| synthetic/coupalign-swin_b-n100-s0 | val |" in (results / "tables" / "mask_diagnostics.md").read_text()
 
 
 @pytest.mark.slow
