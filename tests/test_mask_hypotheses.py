@@ -121,3 +121,44 @@ def test_dataset_items_carry_the_images_objects(tiny_synthetic, tmp_path):
         agree = (item["instances"][t].bool() == small.bool()).float().mean()
         assert agree > 0.9
     assert np.isfinite(float(item["instances"].float().sum()))
+
+
+def _train_and_diagnose(data: dict, uri: str, out, options: dict) -> dict[str, float]:
+    """A tiny CoupAlign (N = 8, random init) trained for 120 steps through the real loop, then ``ris evaluate``'s
+    diagnostics of its val split (``mask_diagnostics.json``)."""
+    import json
+
+    from ris.evaluation.inference import evaluate_splits
+    from tests.helpers import make_config, one_thread, train_here
+
+    opts = {"dice_weight": 1.0, "lang_norm": "none", "word_dim": 16, "decoder_dim": 16, **options}
+    model = {"method": "coupalign", "num_masks": 8, "options": opts}
+    cfg = make_config(
+        data, uri, "collapse", model=model, epochs=30, max_steps_per_epoch=4, batch_size=8, micro_batch_size=None,
+        checkpoint_every_steps=0, log_every_steps=0, keep_work=False,
+    )  # fmt: skip
+    cfg["run"] = "synthetic/coupalign-swin_b-n8-s0"
+    train_here(cfg, out / "run")
+    with one_thread():
+        evaluate_splits(
+            out / "run" / "model.pt", data["prepared"], ["val"], data["images"], out / "eval", 8, log_mlflow=False
+        )
+    return json.loads((out / "eval" / "val" / "mask_diagnostics.json").read_text())["metrics"]
+
+
+@pytest.mark.slow
+def test_short_training_keeps_the_masks_apart(prepared_tiny, store, tmp_path):
+    """The shipped losses keep N queries apart and the weights decisive; without them the N masks collapse.
+
+    Measured 2026-12-07 (120 steps, 36 val samples): shipped weight entropy 0.75, query cosine 0.08, distinct masks
+    1.03; proposal and selection weights 0 (the head as it was): entropy 1.00, cosine 1.00, distinct 0.72. At this
+    budget the tiny model has barely begun to segment (object recall 0.14), so distinct masks >= 2 is the demo's
+    check (results/tables/mask_diagnostics.md), not this test's.
+    """
+    shipped = _train_and_diagnose(prepared_tiny, store, tmp_path / "shipped", {})
+    collapsed = _train_and_diagnose(
+        prepared_tiny, store, tmp_path / "collapsed", {"proposal_weight": 0.0, "selection_weight": 0.0}
+    )
+    assert collapsed["weight_entropy"] > 0.99 and collapsed["query_cosine"] > 0.99, collapsed  # the collapse
+    assert shipped["weight_entropy"] < 0.9, f"uniform SMA weights: {shipped}"
+    assert shipped["query_cosine"] < 0.5, f"the N queries are one query: {shipped}"
