@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ris.training.checkpoint import load_checkpoint
-from ris.training.ema import WeightEMA
+from ris.training.run import WeightEMA
 from tests.helpers import make_config, train_here
 
 DECAY = 0.9
@@ -45,8 +45,6 @@ def test_ema_follows_the_hand_computed_average_and_swaps_back():
             raise RuntimeError("boom")
     assert all(torch.equal(v, raw[k]) for k, v in net.state_dict().items())  # raw weights back after an error
     assert not torch.equal(raw["0.weight"], ema.shadow["0.weight"])
-    averaged = ema.averaged(net.state_dict())
-    assert torch.equal(averaged["0.bias"], ema.shadow["0.bias"]) and torch.equal(averaged["1.weight"], raw["1.weight"])
 
 
 def test_ema_decay_is_checked():

@@ -79,7 +79,7 @@ def test_read_lock_refuses_loose_or_unhashed_requirements(tmp_path):
 
 
 def test_runs_are_tagged_with_the_lock_hash():
-    from ris.training.tracking import runtime_tags
+    from ris.training.run_log import runtime_tags
 
     digest = hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
     assert lock_sha256() == digest

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from ris.training.tracking import RETRIES, init_store, retry, runtime_tags
+from ris.training.run_log import runtime_tags
+from ris.training.tracking import RETRIES, init_store, retry
 from tests.helpers import REPO, finish, make_config, start_cli, train_here
 
 

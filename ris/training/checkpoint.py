@@ -1,18 +1,17 @@
 """Checkpoints that carry their own configuration (and vocabulary), written atomically and durably.
 
 ``last.pt`` (for exact resume) also holds the optimizer, LR scheduler, grad scaler, every RNG state, the
-data-order position and the MLflow run id; ``best.pt`` (published as ``model.pt``) holds what evaluation
-needs. Both load with ``weights_only=True``: plain values and tensors, no pickled code.
+data-order position and the MLflow run id (:func:`ris.training.run.resume_state`); ``best.pt`` (published as
+``model.pt``) holds what evaluation needs. Both load with ``weights_only=True``: plain values and tensors, no
+pickled code.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ris.data.tokenizer import load_tokenizer
@@ -52,36 +51,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch (and CUDA) RNG states as plain values and tensors (loadable with weights_only)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {
-            "name": name,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(gauss),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        cuda = state["cuda"][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

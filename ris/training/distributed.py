@@ -4,6 +4,15 @@
 otherwise re-launches itself under ``torchrun --standalone --nproc_per_node N`` (:func:`launch`); the
 workers read their rank from the environment torchrun sets (:func:`process_group`). Only rank 0 writes files
 and talks to MLflow; every rank takes part in the collectives below, in the same order.
+
+Training under torchrun: every process trains on its micro-batches and DDP averages the gradients, with
+``find_unused_parameters=True``: the language gate after the last backbone stage feeds a visual stream no
+later stage reads, so it never gets a gradient (LAVT's official train.py does the same); detecting unused
+parameters at run time also covers the method- and N-dependent branches of the other methods, at the cost of
+one walk over the autograd graph per step. BatchNorm normalises with per-micro-batch statistics unless
+``train.sync_batchnorm`` (CUDA only; LAVT's official code uses it); the running statistics are merged after
+every step into those of one process accumulating the same micro-batches
+(:class:`BatchNormStatsMerger`).
 """
 
 from __future__ import annotations
@@ -105,9 +114,13 @@ def all_reduce_sum(values: list[float], ctx: DistContext, device: torch.device) 
     return t.tolist()
 
 
-def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """True when ``flag`` is set on at least one rank (so all ranks take the same branch)."""
-    return all_reduce_sum([1.0 if flag else 0.0], ctx, device)[0] > 0
+def end_step(
+    bn_stats: BatchNormStatsMerger, values: list[float], ctx: DistContext, device: torch.device
+) -> list[float]:
+    """The collectives that end an optimizer step, after its last backward: the BatchNorm statistics merged
+    (:class:`BatchNormStatsMerger`), then ``values`` summed over the ranks (one collective for all of them)."""
+    bn_stats.merge()
+    return all_reduce_sum(values, ctx, device)
 
 
 def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
@@ -208,8 +221,9 @@ class BatchNormStatsMerger:
     momentum ``m`` a process running ``A`` micro-batches turns ``r`` into ``(1 - m)^A r + d_rank``; one
     process running all ``W * A`` micro-batches of the step, rank by rank, would end with
     ``(1 - m)^(W A) r + sum_k (1 - m)^((W - 1 - k) A) d_k``. :meth:`merge` computes that with one
-    all-reduce per optimizer step. SyncBatchNorm layers (identical statistics on every rank) are skipped;
-    layers with ``momentum=None`` (cumulative average) get the mean over ranks.
+    all-reduce per optimizer step (in :func:`end_step`). SyncBatchNorm layers (identical
+    statistics on every rank) are skipped; layers with ``momentum=None`` (cumulative average) get the mean over
+    ranks.
     """
 
     def __init__(self, module: nn.Module, ctx: DistContext, accumulation: int):
@@ -221,23 +235,23 @@ class BatchNormStatsMerger:
             for m in module.modules()
             if isinstance(m, _BatchNorm) and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats
         ]
-        self._before: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._before = self._statistics()  # where the next step starts from
 
     @property
     def active(self) -> bool:
         return self.ctx.enabled and bool(self.layers)
 
-    def begin(self) -> None:
-        """Remember the statistics before the step's first forward."""
-        if self.active:
-            self._before = [
-                (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in self.layers
-            ]
+    def _statistics(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Copies of the running statistics (none on one process)."""
+        if not self.active:
+            return []
+        return [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in self.layers]
 
     @torch.no_grad()
     def merge(self) -> None:
-        """After the step's last forward: every rank gets the sequential single-process statistics."""
-        if not self.active or not self._before:
+        """After a step's last forward: every rank gets the sequential single-process statistics, where the next
+        step starts from (nothing changes them between steps: validation runs in eval mode)."""
+        if not self.active:
             return
         w, a, k = self.ctx.world_size, self.accumulation, self.ctx.rank
         parts = []
@@ -263,7 +277,7 @@ class BatchNormStatsMerger:
             m.running_mean.copy_(mean.view_as(m.running_mean))
             m.running_var.copy_(var.view_as(m.running_var))
             m.num_batches_tracked.copy_(count0 + w * a)
-        self._before = []
+        self._before = self._statistics()
 
 
 def wrap_for_processes(

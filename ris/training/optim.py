@@ -24,7 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "lavt_official_groups", "poly_lambda", "poly_schedule"]
+__all__ = [
+    "OPTIMIZERS",
+    "build_optimizer",
+    "lavt_official_groups",
+    "optimizer_and_schedule",
+    "poly_lambda",
+    "poly_schedule",
+]
 
 OPTIMIZERS = ("adamw", "lavt_official")
 
@@ -85,3 +92,15 @@ def poly_schedule(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The learning-rate schedule of both optimizers, stepped once per optimizer step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total_steps, power))
+
+
+def optimizer_and_schedule(
+    model: nn.Module, train: dict[str, Any], steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer and its poly schedule for a run config's ``train`` section (``optimizer``, ``lr``,
+    ``weight_decay``, ``poly_power``, over ``epochs`` of ``steps_per_epoch`` optimizer steps)."""
+    optimizer = build_optimizer(
+        model, train.get("optimizer", "adamw"), float(train["lr"]), float(train["weight_decay"])
+    )
+    total = int(train["epochs"]) * steps_per_epoch
+    return optimizer, poly_schedule(optimizer, total, float(train.get("poly_power", 0.9)))

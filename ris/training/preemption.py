@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -25,11 +28,7 @@ def marker_path(out_dir: Path) -> Path:
 
 
 class Preempted(Exception):  # noqa: N818 (not an error: a requested stop)
-    """Training stopped on a signal after saving its checkpoint; the job should be requeued."""
-
-    def __init__(self, message: str, checkpoint: str | None = None):
-        super().__init__(message)
-        self.checkpoint = checkpoint
+    """Training stopped on a signal after saving its checkpoint (the message names it); requeue the job."""
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
@@ -42,23 +41,17 @@ _EARLY: list[int] = []  # signals caught by install_early_handlers before traini
 
 
 def install_early_handlers() -> None:
-    """Catch SIGTERM/SIGUSR1 from process start (imports, data loading) on; :class:`StopRequest` takes them over."""
+    """Catch SIGTERM/SIGUSR1 from process start (imports, data loading) on; :func:`stop_requests` takes them over."""
     if threading.current_thread() is threading.main_thread():
         for s in STOP_SIGNALS:
             signal.signal(s, lambda signum, frame: _EARLY.append(signum))
 
 
+@dataclass
 class StopRequest:
-    """Context manager that turns SIGTERM/SIGUSR1 into a flag (``requested``) instead of a sudden death.
+    """The stop flag of a training process: ``requested`` once SIGTERM/SIGUSR1 arrived (see :func:`stop_requests`)."""
 
-    Outside the main thread (where Python cannot install handlers) it stays inert: ``requested`` is False.
-    The previous handlers are restored on exit.
-    """
-
-    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
-        self.signals = signals
-        self.signum: int | None = None
-        self._previous: dict[signal.Signals, object] = {}
+    signum: int | None = None
 
     @property
     def requested(self) -> bool:
@@ -69,16 +62,24 @@ class StopRequest:
             log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
         self.signum = signum
 
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for s in self.signals:
-                self._previous[s] = signal.signal(s, self._handler)
-        if _EARLY:
-            self._handler(_EARLY[0], None)
-            _EARLY.clear()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._previous.items():
+@contextmanager
+def stop_requests(out_dir: Path, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[StopRequest]:
+    """For the duration, SIGTERM/SIGUSR1 set a :class:`StopRequest` instead of killing the process; the previous
+    handlers come back after. A marker a previous attempt left in ``out_dir`` is removed first.
+
+    Outside the main thread (where Python cannot install handlers) the flag stays unset.
+    """
+    marker_path(out_dir).unlink(missing_ok=True)
+    stop, previous = StopRequest(), {}
+    if threading.current_thread() is threading.main_thread():
+        for s in signals:
+            previous[s] = signal.signal(s, stop._handler)
+    if _EARLY:
+        stop._handler(_EARLY[0], None)
+        _EARLY.clear()
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
             signal.signal(s, h)  # type: ignore[arg-type]
-        self._previous.clear()

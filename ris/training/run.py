@@ -1,9 +1,10 @@
 """A training run: what one attempt is made of (:func:`build_run`) and what it keeps on disk to resume.
 
 :func:`build_run` turns a checked run configuration into a :class:`Run`: the datasets, the model, AdamW with
-the poly schedule, the grad scaler and a fresh :class:`TrainState`; :func:`restore` then loads
-``work/last.pt`` when a previous attempt left one. :func:`resume_state` and :func:`best_state` say what
-``last.pt`` and ``best.pt`` hold. The loop that reads and updates the run is :mod:`ris.training.train`.
+the poly schedule, the grad scaler and a fresh :class:`TrainState`, restored (:func:`restore`) from
+``work/last.pt`` when a previous attempt left one, the model wrapped for DDP. :func:`resume_state` and
+:func:`best_state` say what ``last.pt`` and ``best.pt`` hold. The loop that reads and updates the run is
+:mod:`ris.training.train`.
 
 Layout of a run directory::
 
@@ -25,11 +26,15 @@ states, data position, micro-batch size and MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ris.data.dataset import ReferSplit
@@ -37,11 +42,10 @@ from ris.data.prepare import read_instances, read_split
 from ris.data.tokenizer import build_vocab, load_tokenizer
 from ris.models import ModelConfig, build_model
 from ris.training import distributed as ddp
-from ris.training.checkpoint import rng_state, set_rng_state
-from ris.training.ema import WeightEMA, build_ema
+from ris.training.checkpoint import load_checkpoint, save_checkpoint
 from ris.training.offline import packaged_vocabulary, resolve_hub_weights
-from ris.training.optim import build_optimizer, poly_schedule
-from ris.training.preemption import StopRequest, marker_path
+from ris.training.optim import optimizer_and_schedule
+from ris.training.preemption import StopRequest
 from ris.training.sampler import plan_batches
 from ris.training.tracking import Tracker, flatten
 from ris.utils import seed_everything, write_json
@@ -49,8 +53,8 @@ from ris.utils import seed_everything, write_json
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ENGINE_KEYS", "Run", "TrainState", "best_state", "build_run", "config_changes", "resolve_precision",
-    "restore", "resume_state",
+    "ENGINE_KEYS", "Run", "TrainState", "WeightEMA", "best_state", "build_ema", "build_run", "config_changes",
+    "ema_weights", "resolve_precision", "restore", "resume_state", "save_checkpoints",
 ]  # fmt: skip
 
 
@@ -96,6 +100,8 @@ class Run:
     bn_stats: ddp.BatchNormStatsMerger | None = None
     tracker: Tracker | None = None  # rank 0 only
     ema: WeightEMA | None = None  # train.ema_decay: averages of the trainable weights (validation, best.pt)
+    resumed: bool = False  # restored from the ``last.pt`` of a previous attempt
+    mlflow_run_id: str | None = None  # the MLflow run that attempt logged into
 
     @property
     def tcfg(self) -> dict[str, Any]:
@@ -147,14 +153,14 @@ class Run:
 def build_run(
     cfg: dict[str, Any], out_dir: Path, dev: torch.device, ctx: ddp.DistContext, stop: StopRequest, progress: bool
 ) -> Run:
-    """Prepare the run directory, then build data, model and optimizer (restoring nothing yet)."""
+    """Prepare the run directory, build data, model and optimizer, restore ``work/last.pt`` when a previous
+    attempt left one, then wrap the model for the processes (DDP under torchrun)."""
     cfg = resolve_hub_weights(cfg)  # a rehearsal where the hub is unreachable: random weights (ris.training.offline)
     tcfg, seed = cfg["train"], int(cfg["seed"])
     work = out_dir / "work"
     if ctx.is_main:
         work.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", cfg)
-        marker_path(out_dir).unlink(missing_ok=True)
         for tmp in work.glob(".*.tmp"):  # a checkpoint being written when the job was killed
             tmp.unlink(missing_ok=True)
     seed_everything(seed)
@@ -190,9 +196,8 @@ def build_run(
     core.text.cache_sentences(ids, masks, cfg["data"].get("text_features"))  # a frozen encoder's, once
     if tcfg.get("channels_last", False):
         core = core.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(core, tcfg.get("optimizer", "adamw"), float(tcfg["lr"]), float(tcfg["weight_decay"]))
-    scheduler = poly_schedule(optimizer, int(tcfg["epochs"]) * steps_per_epoch, float(tcfg.get("poly_power", 0.9)))
-    return Run(
+    optimizer, scheduler = optimizer_and_schedule(core, tcfg, steps_per_epoch)
+    run = Run(
         cfg=cfg, out_dir=out_dir, dev=dev, ctx=ctx, stop=stop, show_progress=progress and ctx.is_main,
         precision=precision, vocab=vocab, vocab_size=vocab_size, train_ds=train_ds, val_ds=val_ds,
         batch_size=batch_size, micro=micro, accum=accum, steps_per_epoch=steps_per_epoch, core=core,
@@ -200,6 +205,10 @@ def build_run(
         scaler=torch.amp.GradScaler(dev.type, enabled=precision == "fp16"),
         ema=build_ema(core, tcfg.get("ema_decay")),  # after build_optimizer: it decides what is trainable
     )  # fmt: skip
+    if run.last_path.exists():
+        restore(run, load_checkpoint(run.last_path))
+    run.model, run.bn_stats = ddp.wrap_for_processes(run.core, ctx, dev, run.accum)  # DDP, once restored
+    return run
 
 
 def resolve_precision(name: str | None, device: torch.device) -> str:
@@ -251,8 +260,8 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     )
 
 
-def restore(run: Run, ckpt: dict[str, Any]) -> str | None:
-    """Load a ``last.pt`` into ``run``; return its MLflow run id."""
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    """Load a ``last.pt`` into ``run`` (with the MLflow run id it names)."""
     changed = config_changes(ckpt.get("config", {}), run.cfg)
     if changed:
         log.warning("resuming with a changed configuration (%s): results may differ", ", ".join(changed))
@@ -283,7 +292,17 @@ def restore(run: Run, ckpt: dict[str, Any]) -> str | None:
         "resuming %s at epoch %d step %d (global step %d), micro-batches of %d",
         run.cfg["run"], s.epochs_done + 1, s.step, s.global_step, run.micro,
     )  # fmt: skip
-    return ckpt.get("mlflow_run_id")
+    run.resumed, run.mlflow_run_id = True, ckpt.get("mlflow_run_id")
+
+
+def save_checkpoints(run: Run, new_best: tuple[int, dict[str, float]] | None = None) -> None:
+    """Rank 0 writes ``work/best.pt`` for a ``new_best`` validation (epoch, metrics), then ``work/last.pt``."""
+    if not run.ctx.is_main:
+        return
+    if new_best is not None:
+        with ema_weights(run.ema, run.core):  # the weights validated: the EMA's when it is on
+            save_checkpoint(run.work / "best.pt", best_state(run, *new_best))
+    save_checkpoint(run.last_path, resume_state(run))
 
 
 def resume_state(run: Run) -> dict[str, Any]:
@@ -315,6 +334,36 @@ def resume_state(run: Run) -> dict[str, Any]:
     }
 
 
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states as plain values and tensors (loadable with weights_only)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+
+
 def raw_weights(run: Run) -> dict[str, Any]:
     """The model's own weights (not the EMA's, also while validation has the averages applied)."""
     state = run.core.checkpoint_state()
@@ -322,16 +371,102 @@ def raw_weights(run: Run) -> dict[str, Any]:
 
 
 def best_state(run: Run, epoch: int, val: dict[str, float]) -> dict[str, Any]:
-    """What ``best.pt`` (and so ``model.pt``) holds: the weights validated, the EMA ones when it is on."""
-    model = run.core.checkpoint_state()
+    """What ``best.pt`` (and so ``model.pt``) holds: the model's weights (the EMA's while they are applied)."""
     return {
         "config": run.cfg,
         "vocab": run.vocab,
         "vocab_size": run.vocab_size,
         "epoch": epoch,
         "global_step": run.state.global_step,
-        "model": run.ema.averaged(model) if run.ema is not None else model,
+        "model": run.core.checkpoint_state(),
         "val": val,
         "best_val_oIoU": run.state.best,
         "mlflow_run_id": run.tracker.run_id if run.tracker else None,
     }
+
+
+# ------------------------------------------------------------------------- the EMA of the weights
+# ``train.ema_decay`` (null = off): after every optimizer step ``ema = decay * ema + (1 - decay) * weights`` over
+# the parameters the optimizer trains; frozen parameters and buffers (BatchNorm statistics) are the live model's,
+# so the EMA model is the live model with its trainable parameters swapped for their averages (one copy of the
+# trainable weights, no second model). Validation, ``best.pt`` and ``model.pt`` use the EMA weights; ``last.pt``
+# holds the raw weights and the averages, so a resumed run continues bit-identically.
+
+
+class WeightEMA:
+    """Averages of a module's trainable parameters, by name; :meth:`applied` puts them in the module."""
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"train.ema_decay: {decay!r} is not in [0, 1) (null turns the EMA off)")
+        self.decay = float(decay)
+        self.shadow = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+        self._backup: dict[str, torch.Tensor] | None = None  # the raw weights while the averages are applied
+
+    def _params(self, module: torch.nn.Module) -> Iterator[tuple[torch.nn.Parameter, torch.Tensor]]:
+        params = dict(module.named_parameters())
+        for name, avg in self.shadow.items():
+            yield params[name], avg
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        """One step of the average, after an optimizer step (never while the averages are applied)."""
+        if self._backup is not None:
+            raise RuntimeError("WeightEMA.update while the EMA weights are applied")
+        for p, avg in self._params(module):
+            avg.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, module: torch.nn.Module) -> Iterator[None]:
+        """The EMA weights in ``module`` for the duration; the raw ones come back after, also on an error."""
+        if self._backup is not None:  # nested: already applied
+            yield
+            return
+        with torch.no_grad():
+            self._backup = {n: p.detach().clone() for n, p in module.named_parameters() if n in self.shadow}
+            for p, avg in self._params(module):
+                p.copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                params = dict(module.named_parameters())
+                for name, raw in self._backup.items():
+                    params[name].copy_(raw)
+            self._backup = None
+
+    def raw(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A ``state_dict`` taken while the averages may be applied, with the raw weights (for last.pt)."""
+        if self._backup is None:
+            return state
+        return {k: self._backup[k].clone() if k in self._backup else v for k, v in state.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": {k: v.clone() for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the averages of a ``last.pt``; the trainable parameters must be the same ones."""
+        shadow = state["shadow"]
+        if set(shadow) != set(self.shadow):
+            raise ValueError(
+                f"last.pt: its EMA covers other parameters than the model trains "
+                f"({len(shadow)} saved, {len(self.shadow)} trainable)"
+            )
+        with torch.no_grad():
+            for name, avg in self.shadow.items():
+                avg.copy_(shadow[name])
+
+
+def build_ema(module: torch.nn.Module, decay: float | None) -> WeightEMA | None:
+    """The EMA for ``train.ema_decay`` (None when it is null), started from the current weights."""
+    return None if decay is None else WeightEMA(module, float(decay))
+
+
+@contextlib.contextmanager
+def ema_weights(ema: WeightEMA | None, module: torch.nn.Module) -> Iterator[None]:
+    """``ema.applied(module)``, or nothing when the EMA is off."""
+    if ema is None:
+        yield
+    else:
+        with ema.applied(module):
+            yield

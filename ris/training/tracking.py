@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
-import platform
 import random
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,56 +102,6 @@ def init_store(uri: str) -> None:
 
     with store_lock(uri):
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-
-
-def git_commit(folder: Path | None = None) -> tuple[str, bool]:
-    """(commit, dirty) of the git checkout holding ``folder`` (this package by default); ("unknown", False)."""
-    folder = Path(folder or Path(__file__).resolve().parent)
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", False
-    return commit, dirty
-
-
-def runtime_tags(device: Any = None, world_size: int = 1, precision: str | None = None) -> dict[str, str]:
-    """Tags that make runs comparable: code version, locked environment, torch/CUDA, device, processes, precision.
-
-    ``env_lock_sha256`` is the sha256 of ``requirements-lock.txt`` ("none" outside a checkout): two runs
-    with the same value were made by the same locked environment (when installed by scripts/setup.sh).
-    """
-    import torch
-
-    from ris.lock import lock_sha256
-
-    commit, dirty = git_commit()
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-    else:
-        name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    tags = {
-        "git_commit": commit,
-        "git_dirty": str(dirty).lower(),
-        "mlflow.source.git.commit": commit,
-        "env_lock_sha256": lock_sha256() or "none",
-        "torch_version": torch.__version__,
-        "cuda_version": str(torch.version.cuda or "none"),
-        "device": dev.type,
-        "device_name": name,
-        "world_size": str(world_size),
-        "host": socket.gethostname(),
-    }
-    if precision:
-        tags["precision"] = precision
-    return tags
 
 
 class Tracker:

@@ -1,10 +1,11 @@
 """The training loop: build, resume, epochs of optimizer steps, validation, checkpoints, publish.
 
-Read :func:`train` top-down: it builds the run (:mod:`ris.training.run`), restores ``work/last.pt`` when a
-previous attempt left one, then for each epoch runs its optimizer steps (:func:`train_epoch`,
+Read :func:`train` top-down: it builds the run (:func:`ris.training.run.build_run`: data, model, optimizer,
+restored from ``work/last.pt`` when a previous attempt left one), opens its MLflow run
+(:func:`ris.training.run_log.tracked`), then for each epoch runs its optimizer steps (:func:`train_epoch`,
 :func:`train_step`: micro-batches, accumulated gradients, the optimizer step, step logging), validates when
-due (:func:`validate`) and closes the epoch (:func:`end_epoch`: ``best.pt``, ``last.pt``, ``history.jsonl``
-and MLflow through :mod:`ris.training.run_log`); at the end it publishes ``model.pt``.
+due (:func:`validate`) and closes the epoch (:func:`end_epoch`: ``best.pt``, ``last.pt``, ``history.jsonl``,
+MLflow); at the end it publishes ``model.pt`` (:func:`publish`).
 
 Devices: ``train.device`` (``auto``: CUDA when present, else CPU), ``train.precision`` (``auto``: bf16
 autocast on CUDA, fp32 on CPU; ``fp16`` adds a grad scaler), ``train.channels_last``. One code path:
@@ -23,28 +24,24 @@ DDP, it is a :class:`TrainingOOMError`.
 Validation: after every ``train.val_every_epochs``-th epoch and after the last one (so a best model always
 exists); each rank evaluates a strided shard in batches of the micro-batch in use (halved and redone on
 out-of-memory under ``auto``, on each rank alone) and the metrics are computed in dataset order. With
-``train.ema_decay`` validation, ``best.pt`` and ``model.pt`` use the EMA weights (:mod:`ris.training.ema`).
+``train.ema_decay``, validation, ``best.pt`` and ``model.pt`` use the EMA weights
+(:class:`ris.training.run.WeightEMA`).
 
 Resume: dropout draws come from a seed derived from (seed, epoch, step, micro-batch), so they depend neither
 on the process layout nor on interruptions: on the CPU a run killed at any step and resumed ends
 bit-identical to an uninterrupted one.
 
-Multi-GPU: under torchrun every process trains on its micro-batches and DDP averages the gradients, with
-``find_unused_parameters=True``: the language gate after the last backbone stage feeds a visual stream no
-later stage reads, so it never gets a gradient (LAVT's official train.py does the same); detecting unused
-parameters at run time also covers the method- and N-dependent branches of the other methods, at the cost of
-one walk over the autograd graph per step. BatchNorm normalises with per-micro-batch statistics unless
-``train.sync_batchnorm`` (CUDA only; LAVT's official code uses it); the running statistics are merged after
-every step into those of one process accumulating the same micro-batches
-(:class:`ris.training.distributed.BatchNormStatsMerger`).
+Multi-GPU (torchrun): DDP averages the gradients; see :mod:`ris.training.distributed`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
+import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +54,13 @@ from ris.metrics import intersection_union, summarize
 from ris.models.losses import InstanceTargets
 from ris.training import distributed as ddp
 from ris.training import run_log
-from ris.training.checkpoint import load_checkpoint, save_checkpoint
-from ris.training.ema import ema_weights
-from ris.training.preemption import Preempted, StopRequest, ignore_stop_signals, marker_path
-from ris.training.run import Run, best_state, build_run, restore, resume_state
+from ris.training.preemption import Preempted, ignore_stop_signals, marker_path, stop_requests
+from ris.training.run import Run, build_run, ema_weights, save_checkpoints
 from ris.training.run_config import check_run_config
 from ris.training.sampler import StepSampler, micro_seed
-from ris.utils import write_json
+from ris.utils import atomic_path, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NonFiniteLossError", "OOM_ERRORS", "TrainingOOMError", "train"]
 
@@ -85,24 +82,15 @@ def train(cfg: dict[str, Any], out_dir: Path, device: str | None = None, progres
     75), :class:`NonFiniteLossError` on a NaN/inf loss and :class:`TrainingOOMError` on out-of-memory.
     """
     check_run_config(cfg)
-    with ddp.process_group(device or cfg["train"].get("device")) as (ctx, dev), StopRequest() as stop:
-        run = build_run(cfg, Path(out_dir), dev, ctx, stop, progress)
-        resumed = run.last_path.exists()
-        run_id = restore(run, load_checkpoint(run.last_path)) if resumed else None
-        run.model, run.bn_stats = ddp.wrap_for_processes(run.core, ctx, dev, run.accum)  # DDP, once restored
-        run_log.open_tracker(run, run_id, resumed)
-        try:
+    with ddp.process_group(device or cfg["train"].get("device")) as (ctx, dev), stop_requests(out_dir) as stop:
+        run = build_run(cfg, Path(out_dir), dev, ctx, stop, progress)  # restored from work/last.pt if there
+        with run_log.tracked(run):  # MLflow; an error marks the run FAILED
             for epoch in range(run.state.epochs_done, run.epochs):
                 t0 = time.time()
                 train_epoch(run, epoch)
                 val = validate(run, epoch) if validation_due(run, epoch) else {}
                 end_epoch(run, epoch, val, seconds=time.time() - t0)  # best.pt, last.pt, history, MLflow
-        except Preempted:
-            raise
-        except BaseException as e:
-            run_log.mark_failed(run, e)
-            raise
-        return run_log.publish(run)  # model.pt and history.jsonl; work/ deleted
+        return publish(run)  # model.pt and history.jsonl; work/ deleted
 
 
 # ------------------------------------------------------------------------------------ an epoch's steps
@@ -156,7 +144,6 @@ def epoch_batches(run: Run, epoch: int) -> DataLoader:
 def train_step(run: Run, epoch: int, share: dict[str, torch.Tensor]) -> bool:
     """One optimizer step on this process's ``share``; returns whether a stop was requested (on any rank)."""
     s = run.state
-    run.bn_stats.begin()
     saved_stats = _batchnorm_stats(run.core) if _may_shrink(run) else []
     while True:
         result = _accumulate(run, epoch, share)
@@ -164,10 +151,10 @@ def train_step(run: Run, epoch: int, share: dict[str, torch.Tensor]) -> bool:
             break
         _shrink_after_oom(run, epoch, result, saved_stats)  # outside the except block: the failed attempt is freed
     total, bad, terms = result
-    run.bn_stats.merge()
-    # One collective per step: the loss, non-finite losses, stop requests and loss terms of all ranks.
-    loss_sum, nonfinite, stops, *term_sums = ddp.all_reduce_sum(
-        [total, bad, float(run.stop.requested), *terms.values()], run.ctx, run.dev
+    # The step's collectives: BatchNorm statistics merged; the loss, non-finite losses, stop requests and loss
+    # terms of all ranks summed.
+    loss_sum, nonfinite, stops, *term_sums = ddp.end_step(
+        run.bn_stats, [total, bad, float(run.stop.requested), *terms.values()], run.ctx, run.dev
     )
     if nonfinite:
         run.optimizer.zero_grad(set_to_none=True)
@@ -194,13 +181,22 @@ def train_step(run: Run, epoch: int, share: dict[str, torch.Tensor]) -> bool:
     s.epoch_losses.append(loss_sum / (run.ctx.world_size * run.accum))
     for name, value in zip(terms, term_sums, strict=True):
         s.epoch_terms.setdefault(name, []).append(value / (run.ctx.world_size * run.accum))
-    run_log.log_step(run, epoch)
+    log_step(run, epoch)
     return stops > 0
 
 
-def _micro_batches(run: Run, share: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for a in range(run.accum):
-        yield {k: v[a * run.micro : (a + 1) * run.micro] for k, v in share.items()}
+def log_step(run: Run, epoch: int) -> None:
+    """Every ``train.log_every_steps``: the mean step loss of the window to the log and (later) MLflow."""
+    s, every = run.state, int(run.tcfg.get("log_every_steps") or 0)
+    if not every or s.global_step % every:
+        return
+    window = float(np.mean(s.epoch_losses[-every:]))
+    lr = run.scheduler.get_last_lr()[0]
+    s.pending.append([s.global_step, window, lr])
+    run.log(
+        "%s epoch %d/%d step %d/%d (global step %d): loss %.5f lr %.3g",
+        run.cfg["run"], epoch + 1, run.epochs, s.step, run.steps_per_epoch, s.global_step, window, lr,
+    )  # fmt: skip
 
 
 def _accumulate(run: Run, epoch: int, share: dict[str, Any]) -> tuple[float, int, dict[str, float]] | str:
@@ -208,7 +204,8 @@ def _accumulate(run: Run, epoch: int, share: dict[str, Any]) -> tuple[float, int
     model's loss dict), or an out-of-memory message. The loss dict has the same keys at every call."""
     total, bad, terms = 0.0, 0, {}
     try:
-        for a, batch in enumerate(_micro_batches(run, share)):
+        for a in range(run.accum):
+            batch = {k: v[a * run.micro : (a + 1) * run.micro] for k, v in share.items()}
             torch.manual_seed(micro_seed(run.seed, epoch, run.state.step, run.ctx.rank * run.accum + a))
             sync = a == run.accum - 1
             no_sync = run.model.no_sync() if run.ctx.enabled and not sync else contextlib.nullcontext()
@@ -240,7 +237,8 @@ def _may_shrink(run: Run) -> bool:
 
 
 def _shrink_after_oom(run: Run, epoch: int, message: str, saved_stats: list[tuple[torch.Tensor, torch.Tensor]]):
-    """Free the failed attempt and halve the micro-batch, or raise :class:`TrainingOOMError` if it cannot."""
+    """Free the failed attempt and halve the micro-batch (a log line, the MLflow tag and metric), or raise
+    :class:`TrainingOOMError` if it cannot."""
     if not _may_shrink(run):
         raise TrainingOOMError(message)
     run.optimizer.zero_grad(set_to_none=True)
@@ -250,7 +248,15 @@ def _shrink_after_oom(run: Run, epoch: int, message: str, saved_stats: list[tupl
     if run.dev.type == "cuda":
         torch.cuda.empty_cache()
     run.set_micro(run.micro // 2)
-    run_log.log_micro_batch(run, epoch, "out of memory")
+    run.log(
+        "%s: out of memory at epoch %d step %d (global step %d): micro-batches of %d now, %d accumulated per "
+        "process (global batch %d kept)",
+        run.cfg["run"], epoch + 1, run.state.step + 1, run.state.global_step + 1, run.micro, run.accum,
+        run.batch_size,
+    )  # fmt: skip
+    if run.tracker:
+        run.tracker.set_tags(run_log.batch_tags(run))
+        run.tracker.log_metrics({"micro_batch_size": run.micro}, step=run.state.global_step)
 
 
 def _batchnorm_stats(module: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -337,7 +343,7 @@ def _validate(run: Run, epoch: int) -> dict[str, float]:
     chunk, inter, union, rows = bs, [], [], []
     batches = iter(loader)
     for _ in range(math.ceil(math.ceil(n / w) / bs)):  # the same count on every rank, whatever its chunk
-        if ddp.any_rank(run.stop.requested, ctx, run.dev):
+        if ddp.all_reduce_sum([float(run.stop.requested)], ctx, run.dev)[0]:  # a stop on any rank
             preempt(run, epoch)
         batch = next(batches, None)
         if batch is None:
@@ -382,11 +388,23 @@ def _halve_val_batch(run: Run, epoch: int, size: int, error: str) -> int:
         )
     if run.dev.type == "cuda":
         torch.cuda.empty_cache()
-    run_log.log_val_batch(run, epoch, size // 2)
+    log_val_batch(run, epoch, size // 2)
     return size // 2
 
 
-# ----------------------------------------------------------------------------- the end of an epoch, a stop
+def log_val_batch(run: Run, epoch: int, size: int) -> None:
+    """Validation ran out of memory (``micro_batch_size: auto``): a log line on the rank it happened on, and
+    (rank 0) the MLflow metric ``val_batch_size`` at the epoch."""
+    where = f" on rank {run.ctx.rank}" if run.ctx.enabled else ""
+    log.warning(
+        "%s: out of memory in the validation after epoch %d%s: batches of %d now (the batch is redone)",
+        run.cfg["run"], epoch + 1, where, size,
+    )  # fmt: skip
+    if run.tracker:
+        run.tracker.log_metrics({"val_batch_size": size}, step=epoch + 1)
+
+
+# ------------------------------------------------------------------ the end of an epoch, a stop, the end
 
 
 def end_epoch(run: Run, epoch: int, val: dict[str, float], seconds: float) -> None:
@@ -406,18 +424,21 @@ def end_epoch(run: Run, epoch: int, val: dict[str, float], seconds: float) -> No
     run.log("epoch %d: %s", epoch + 1, record)
     if not run.ctx.is_main:
         return
+    new_best = None
     if val and val["oIoU"] > s.best:  # a new best: work/best.pt (weights, config, vocabulary; no optimizer)
-        s.best = val["oIoU"]
-        save_checkpoint(run.work / "best.pt", best_state(run, epoch, val))
-    save_checkpoint(run.last_path, resume_state(run))
-    run_log.log_epoch(run, record)
+        s.best, new_best = val["oIoU"], (epoch, val)
+    save_checkpoints(run, new_best)
+    write_jsonl(run.work / "history.jsonl", s.history)  # after last.pt, which holds the same history
+    if run.tracker:
+        run.tracker.log_metrics(run_log.epoch_metrics(record), step=record["epoch"])
+    run_log.flush_pending(run)
 
 
 def save_last(run: Run) -> None:
     """Rank 0 writes ``last.pt``, then sends the step metrics it covers to MLflow."""
     if not run.ctx.is_main:
         return
-    save_checkpoint(run.last_path, resume_state(run))
+    save_checkpoints(run)
     run_log.flush_pending(run)
 
 
@@ -425,7 +446,7 @@ def preempt(run: Run, epoch: int) -> None:
     """Save ``last.pt`` and the launcher's marker, tell MLflow (briefly: SIGKILL may be near), stop."""
     s = run.state
     if run.ctx.is_main:
-        save_checkpoint(run.last_path, resume_state(run))
+        save_checkpoints(run)
         write_json(
             marker_path(run.out_dir), {"checkpoint": str(run.last_path), "epoch": s.epochs_done + 1, "step": s.step}
         )
@@ -436,6 +457,34 @@ def preempt(run: Run, epoch: int) -> None:
             run.tracker.finish("KILLED")
     raise Preempted(
         f"{run.cfg['run']}: stopped by a signal at epoch {epoch + 1} step {s.step} "
-        f"(global step {s.global_step}); resume from {run.last_path}",
-        str(run.last_path),
+        f"(global step {s.global_step}); resume from {run.last_path}"
     )
+
+
+def publish(run: Run) -> dict[str, Any]:
+    """Rank 0 publishes the outputs Snakemake waits for; every rank returns the summary."""
+    s = run.state
+    summary = {
+        "run": run.cfg["run"],
+        "best_val_oIoU": s.best,
+        "epochs": len(s.history),
+        "global_step": s.global_step,
+        "world_size": run.ctx.world_size,
+        "mlflow_run_id": run.tracker.run_id if run.tracker else None,
+    }
+    if not run.ctx.is_main:
+        return summary
+    with atomic_path(run.out_dir / "model.pt") as tmp:
+        shutil.copyfile(run.work / "best.pt", tmp)
+        with tmp.open("rb") as f:  # on disk before the resume state that could rebuild it is deleted
+            os.fsync(f.fileno())
+    write_jsonl(run.out_dir / "history.jsonl", s.history)
+    if run.tracker:
+        run.tracker.log_artifact(run.out_dir / "config.json")
+        run.tracker.log_artifact(run.out_dir / "history.jsonl")
+        run.tracker.log_metrics({"best_val_oIoU": s.best})
+    if not run.tcfg.get("keep_work", False):  # lean results: the run is complete, its resume state served
+        shutil.rmtree(run.work, ignore_errors=True)  # a leftover costs space only: never fail a finished run
+        if run.work.exists():
+            log.warning("could not delete %s (resume state of a completed run); it can be deleted", run.work)
+    return summary
