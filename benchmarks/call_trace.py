@@ -23,7 +23,7 @@ also ``__enter__`` before the block and ``__exit__`` after it), and ``x.m()`` wh
 obvious: an annotated parameter (``run: Run``), a local assigned from a constructor or from a function with a
 return annotation (``run = build_run(...)``), or an attribute annotated in its class (``run.tracker:
 Tracker | None``, so ``run.tracker.finish()``; or set as ``self.x = C(...)``), chained
-(``run.bn_stats.merge()``). Calls are taken in evaluation order (arguments before the call); nested functions
+(``run.ema.update(...)``). Calls are taken in evaluation order (arguments before the call); nested functions
 and lambdas are read where they are written.
 
 Not followed: properties (an attribute read is not a call), functions passed as values (``worker_init_fn=``,
