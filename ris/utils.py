@@ -1,4 +1,4 @@
-"""Small helpers shared by every stage: atomic writes, JSON lines, seeding."""
+"""Small helpers shared by every stage: atomic writes, JSON lines, seeding, dataclass fields checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def reject_unknown_fields(cls: type, given: Mapping[str, Any], where: str) -> None:
+    """Raise ``ValueError`` when ``given`` has keys that are not fields of the dataclass ``cls``; the message
+    names ``where``, the unknown keys and the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(str(k) for k in given if k not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

@@ -22,7 +22,7 @@ import json
 import pickle
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from pycocotools import mask as mask_utils
 
 from ris.data.refer import annotation_rle, select_split
 from ris.data.scene import COLORS
-from ris.utils import atomic_path
+from ris.utils import atomic_path, reject_unknown_fields
 
 SPLITS = ("train", "val", "testA", "testB")
 #: Refs per split of RefCOCO (unc); the generator keeps these proportions.
@@ -301,10 +301,7 @@ class CopySettings:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CopySettings:
         """From a plain mapping (config.yaml); an unknown key or a bad value is an error naming the field."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"rehearsal_slice.data: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        reject_unknown_fields(cls, d, "rehearsal_slice.data")
         s = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
         for name in ("objects_per_image", "sentences_per_ref"):
             lo, hi = getattr(s, name)

@@ -34,7 +34,7 @@ import json
 import os
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ from ris.data.scene import (
     polygon_rle,
     render,
 )
+from ris.utils import reject_unknown_fields
 
 __all__ = [
     "BACKGROUND", "CATEGORY_IDS", "COLORS", "DIRECTIONS", "EXPRESSION_TYPES", "FAMILIES", "FAMILY_A", "FAMILY_B",
@@ -137,12 +138,7 @@ class SyntheticConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SyntheticConfig:
         """Build a config from a plain mapping (e.g. YAML); unknown keys are an error naming the key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise ValueError(
-                f"unknown SyntheticConfig key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
-            )
+        reject_unknown_fields(cls, d, "SyntheticConfig")
         return cls(**dict(d))
 
     def to_dict(self) -> dict[str, Any]:

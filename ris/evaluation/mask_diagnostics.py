@@ -51,17 +51,21 @@ def distinct_masks(masks: torch.Tensor, weights: torch.Tensor, min_area: float =
     binary = (masks > 0).flatten(1)
     area = binary.sum(1)
     keep_idx = [int(i) for i in weights.argsort(descending=True) if area[i] >= min_area * binary.shape[1]]
-    kept: list[torch.Tensor] = []
-    for i in keep_idx:
-        m = binary[i]
-        if all(_iou(m, k) < merge_iou for k in kept):
-            kept.append(m)
+    iou = pairwise_iou(binary[keep_idx], binary[keep_idx]).numpy()  # one product, not a Python loop over pairs
+    kept: list[int] = []
+    for j in range(len(keep_idx)):
+        if all(iou[j, k] < merge_iou for k in kept):
+            kept.append(j)
     return len(kept)
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = int((a | b).sum())
-    return int((a & b).sum()) / union if union else 0.0
+def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of every row of ``a`` (M, P) with every row of ``b`` (K, P), both boolean: (M, K) float64, 0 where
+    the union is empty."""
+    a, b = a.double(), b.double()
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
 
 
 def weight_entropy(weights: torch.Tensor) -> float:
@@ -97,15 +101,14 @@ def sample_diagnostics(
     out = {
         "distinct_masks": float(distinct_masks(masks, weights)),
         "weight_entropy": weight_entropy(weights),
-        "top_mask_hit": float(_iou(top, target.bool()) >= 0.5),
+        "top_mask_hit": float(pairwise_iou(top.flatten()[None], target.bool().flatten()[None])[0, 0] >= 0.5),
         "query_cosine": query_cosine(queries),
         "top_weight": float(weights.max()),
     }
     if objects is not None and len(objects):
         pred = F.interpolate(masks[None].float(), size=objects.shape[-2:], mode="bilinear", align_corners=False)[0]
-        pred = (pred > 0).flatten(1)
-        found = [max(_iou(p, o) for p in pred) >= 0.5 for o in objects.bool().flatten(1)]
-        out["object_recall"] = float(np.mean(found))
+        best = pairwise_iou((pred > 0).flatten(1), objects.bool().flatten(1)).max(0).values  # per object
+        out["object_recall"] = float((best >= 0.5).double().mean())
     return out
 
 

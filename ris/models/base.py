@@ -7,7 +7,7 @@ head, and returns ``{"logits": (B, 1, h, w), ...}`` from ``forward``; ``loss`` a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from ris.models.losses import (
 )
 from ris.models.registry import BACKBONES, TEXT_ENCODERS, lookup
 from ris.options import MODEL_OPTIONS, Option, resolve
+from ris.utils import reject_unknown_fields
 
 
 @dataclass
@@ -45,10 +46,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_fields(cls, d, "model settings")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

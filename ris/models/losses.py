@@ -188,10 +188,7 @@ def hypothesis_losses(
     proposal = zero
     if pred:
         p, g = torch.cat(pred).flatten(1).float(), torch.cat(gold).flatten(1).float()
-        bce = F.binary_cross_entropy_with_logits(p, g)
-        prob = p.sigmoid()
-        dice = (1.0 - (2.0 * (prob * g).sum(1) + 1.0) / (prob.sum(1) + g.sum(1) + 1.0)).mean()
-        proposal = bce + dice
+        proposal = F.binary_cross_entropy_with_logits(p, g) + dice_loss(p, g)
     if objectness is not None:
         w = obj_target + (1.0 - obj_target) * no_object_weight
         obj = F.binary_cross_entropy_with_logits(objectness.float(), obj_target.float(), reduction="none")

@@ -9,7 +9,6 @@ weights, and the final mask (as EAVL's Fig. 4 shows "masks focusing on different
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ris.utils import atomic_path
+from ris.utils import atomic_path, read_json
 
 METRICS = ["distinct_masks", "weight_entropy", "top_mask_hit", "object_recall", "query_cosine", "top_weight"]
 COLUMNS = ["run", "method", "backbone", "num_masks", "seed", "split", "samples", *METRICS]
@@ -25,15 +24,7 @@ COLUMNS = ["run", "method", "backbone", "num_masks", "seed", "split", "samples",
 
 def read_diagnostics(path: Path) -> dict[str, Any]:
     """One run's ``mask_diagnostics.json``, with a clear error naming the file when it is not one."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path}: no mask diagnostics (written by `ris evaluate` for multi-mask runs)"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    record = read_json(path)
     missing = [k for k in ("run", "method", "split", "metrics") if k not in record]
     if missing:
         raise ValueError(f"{path}: missing field(s) {', '.join(missing)}; expected a mask_diagnostics.json")

@@ -28,7 +28,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from ris.data.refer import annotation_rle, decode_rle, load_instances
 from ris.data.synthetic import SyntheticConfig, synthesize
 from ris.models.backbones import PRETRAINED_FORMAT, StagedBackbone
 from ris.models.registry import BACKBONES, lookup
-from ris.utils import atomic_path, read_json, seed_everything, write_json
+from ris.utils import atomic_path, read_json, reject_unknown_fields, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"pretrain config: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        reject_unknown_fields(cls, d, "pretrain config")
         cfg = cls(**d)
         if not 0 < cfg.held_out < cfg.num_images:
             raise ValueError(f"pretrain config: field held_out must be in (0, num_images), got {cfg.held_out}")
