@@ -183,7 +183,8 @@ def build_run(
         raise ValueError(f"train split has {len(train_ds)} refs, fewer than one batch of {batch_size}")
 
     vocab_size = len(tokenizer.get_vocab())
-    core = build_model(ModelConfig.from_dict({**cfg["model"], "vocab_size": vocab_size}))
+    # cfg["model"] was checked key by key at start (check_run_config); an unknown key cannot reach here.
+    core = build_model(ModelConfig(**cfg["model"], vocab_size=vocab_size))
     if ctx.enabled and dev.type == "cuda" and tcfg.get("sync_batchnorm"):
         core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
     elif ctx.enabled and tcfg.get("sync_batchnorm"):
