@@ -180,7 +180,9 @@ Snakemake start (the methods' options, and the active scale's preset only: a mis
 fails that scale's runs, not this one's), and `ris.catalog.check_run_settings` when `ris train` starts, before
 it writes anything. An unknown key is an error naming the place and the closest valid name; a value of the
 wrong type or out of range is an error naming the field and what it accepts. `null` defaults are explained in
-the meaning.
+the meaning. Fields valid one by one but not together (EAVL's `num_queries` against `num_masks`, JMCELN's
+`stage_weights` against `num_stages`) are refused when `ris train` builds the model, still before it writes the
+run folder; `snakemake -n` does not see them.
 """
 
 

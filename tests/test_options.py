@@ -22,7 +22,7 @@ import pytest
 from ris.catalog import options_markdown, read_catalog
 from ris.config import all_runs, run_config
 from ris.options import REQUIRED, Option, OptionError, resolve
-from tests.helpers import REPO, model_loss, one_thread
+from tests.helpers import REPO, make_config, model_loss, one_thread
 
 GOLDEN = REPO / "tests" / "golden" / "default_models.json"
 
@@ -165,6 +165,33 @@ def test_ris_train_refuses_values_out_of_range(run_cfg, tmp_path, capsys, sectio
     target[key] = value
     out = tmp_path / "out"
     assert main(["train", "--run-config", json.dumps(run_cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (
+            {"method": "eavl", "num_masks": 4, "options": {"num_queries": 8}},
+            "model.num_masks=4 and model.options.num_queries=8 disagree",
+        ),
+        (
+            {"method": "jmceln", "options": {"num_stages": 3, "stage_weights": [1.0, 1.0]}},
+            "model.options.stage_weights [1.0, 1.0]: expected 3 values (num_stages)",
+        ),
+    ],
+)
+def test_settings_only_the_model_can_check_still_write_nothing(prepared_tiny, tmp_path, capsys, model, message):
+    """Two fields that agree one by one but not together are refused when the model is built: that happens
+    before the run folder is written, so the user's mistake leaves nothing behind."""
+    from ris.cli import main
+
+    cfg = make_config(prepared_tiny, f"sqlite:///{tmp_path / 'mlflow.db'}", model=model)
+    out = tmp_path / "out"
+    with one_thread():
+        assert main(["train", "--run-config", json.dumps(cfg), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()

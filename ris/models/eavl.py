@@ -103,7 +103,9 @@ class EAVL(RISModel):
         dim = self.hidden_dim()
         option_n = self.option("num_queries")
         if cfg.num_masks > 0 and option_n is not None and option_n != cfg.num_masks:
-            raise ValueError(f"num_masks={cfg.num_masks} and option num_queries={option_n} disagree")
+            raise ValueError(
+                f"model.num_masks={cfg.num_masks} and model.options.num_queries={option_n} disagree (set one)"
+            )
         self.num_queries = int(cfg.num_masks if cfg.num_masks > 0 else (option_n or 8))
         if self.num_queries < 1:
             raise ValueError(f"EAVL needs at least one query, got {self.num_queries}")

@@ -98,7 +98,9 @@ class JMCELN(RISModel):
         stages, given = self.option("num_stages"), self.option("stage_weights")
         weights = [1.0] * stages if given is None else [float(w) for w in given]
         if len(weights) != stages or sum(weights) <= 0:
-            raise ValueError(f"stage_weights {weights} must be {stages} values with a positive sum")
+            raise ValueError(
+                f"model.options.stage_weights {weights}: expected {stages} values (num_stages) with a positive sum"
+            )
         self.stage_weights = weights
         self.proposal_weight = self.option("proposal_weight")
         self.selection_weight = self.option("selection_weight")

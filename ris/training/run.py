@@ -153,16 +153,10 @@ class Run:
 def build_run(
     cfg: dict[str, Any], out_dir: Path, dev: torch.device, ctx: ddp.DistContext, stop: StopRequest, progress: bool
 ) -> Run:
-    """Prepare the run directory, build data, model and optimizer, restore ``work/last.pt`` when a previous
-    attempt left one, then wrap the model for the processes (DDP under torchrun)."""
+    """Build data, model and optimizer, then write the run directory (so a setting the model refuses leaves
+    none), restore ``work/last.pt`` when a previous attempt left one, and wrap the model for the processes."""
     cfg = resolve_hub_weights(cfg)  # a rehearsal where the hub is unreachable: random weights (ris.training.offline)
     tcfg, seed = cfg["train"], int(cfg["seed"])
-    work = out_dir / "work"
-    if ctx.is_main:
-        work.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", cfg)
-        for tmp in work.glob(".*.tmp"):  # a checkpoint being written when the job was killed
-            tmp.unlink(missing_ok=True)
     seed_everything(seed)
     precision = resolve_precision(tcfg.get("precision"), dev)
 
@@ -198,6 +192,12 @@ def build_run(
     if tcfg.get("channels_last", False):
         core = core.to(memory_format=torch.channels_last)
     optimizer, scheduler = optimizer_and_schedule(core, tcfg, steps_per_epoch)
+    work = out_dir / "work"  # written once everything above was built: a model that cannot be built leaves no folder
+    if ctx.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", cfg)
+        for tmp in work.glob(".*.tmp"):  # a checkpoint being written when the job was killed
+            tmp.unlink(missing_ok=True)
     run = Run(
         cfg=cfg, out_dir=out_dir, dev=dev, ctx=ctx, stop=stop, show_progress=progress and ctx.is_main,
         precision=precision, vocab=vocab, vocab_size=vocab_size, train_ds=train_ds, val_ds=val_ds,
