@@ -11,6 +11,7 @@ results/pretrained/swin_b.pt results/mlflow_ready.json``: the demo's data, text 
 
     python -m benchmarks.mask_variants --variants collapsed gate chosen --seeds 0 1 2 --parallel 2
     python -m benchmarks.mask_variants --method eavl --num-masks 0 --variants eavl_single eavl_chosen
+    python -m benchmarks.mask_variants --method jmceln --num-masks 0 --variants jmceln_chosen --epochs 15
 
 Runs go to ``--out`` (default ``results/mask_variants/``); a finished (variant, seed) is not run again.
 """
@@ -54,13 +55,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_one(a: argparse.Namespace, variant: str, seed: int) -> dict[str, Any]:
     """Train and evaluate one (variant, seed), or read its result when it is already there."""
-    out = Path(a.out) / f"{a.method}-n{a.num_masks}-{variant}-s{seed}"
+    epochs = f"-e{a.epochs}" if a.epochs else ""
+    out = Path(a.out) / f"{a.method}-n{a.num_masks}-{variant}{epochs}-s{seed}"
     result_path = out / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
     config = load_yaml(REPO / "config.yaml")
     cfg = run_config(config, RunKey("synthetic", a.method, a.backbone, a.num_masks, seed))
     cfg["model"]["options"].update(VARIANTS[variant])
+    if a.epochs:
+        cfg["train"]["epochs"] = a.epochs
     cfg["run"] = f"mask_variants/{out.name}"
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -101,13 +105,15 @@ def main() -> None:
     ap.add_argument("--num-masks", type=int, default=100)
     ap.add_argument("--variants", nargs="+", default=["collapsed", "chosen"], choices=sorted(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, help="train.epochs instead of the demo preset's")
     ap.add_argument("--parallel", type=int, default=2, help="runs at once (one thread each)")
     ap.add_argument("--out", default="results/mask_variants")
     a = ap.parse_args()
     jobs = [(v, s) for v in a.variants for s in a.seeds]
     with ThreadPoolExecutor(a.parallel) as pool:
         results = list(pool.map(lambda j: run_one(a, *j), jobs))
-    print(f"{a.method} {a.backbone} N = {a.num_masks}, demo preset, val (seeds {a.seeds})\n")
+    epochs = f", {a.epochs} epochs" if a.epochs else ""
+    print(f"{a.method} {a.backbone} N = {a.num_masks}, demo preset{epochs}, val (seeds {a.seeds})\n")
     print("| variant | seeds | mIoU | RefAcc | distinct masks | weight entropy | top-mask hit | object recall | "
           "query cosine |\n|---|---:|---|---|---:|---:|---:|---:|---:|")  # fmt: skip
     for v in a.variants:
