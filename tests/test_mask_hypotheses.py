@@ -123,6 +123,45 @@ def test_dataset_items_carry_the_images_objects(tiny_synthetic, tmp_path):
     assert np.isfinite(float(item["instances"].float().sum()))
 
 
+def test_evaluation_diagnoses_the_masks_from_its_own_pass(prepared_tiny):
+    """``ris evaluate`` runs the model once per batch: the diagnoser sees that pass's outputs, and its means
+    are :func:`sample_diagnostics` of those outputs (the first ``max_samples`` samples, the first ``examples``
+    shown); a model without mask hypotheses is refused by name."""
+    from torch.utils.data import DataLoader
+
+    from ris.data.dataset import ReferSplit
+    from ris.data.prepare import read_instances, read_split
+    from ris.data.tokenizer import load_tokenizer
+    from ris.evaluation.inference import run_inference
+    from ris.evaluation.mask_diagnostics import Diagnoser, summarise
+    from tests.helpers import IMAGE, VOCAB, one_thread, tiny_model
+
+    table = read_split(prepared_tiny["prepared"] / "val.parquet")
+    words = ["[PAD]", "[UNK]", *sorted({w for s in table["sentence"] for w in s.lower().split()})][:VOCAB]
+    ds = ReferSplit(table.head(12), prepared_tiny["images"], IMAGE, load_tokenizer(None, words), 8)
+    ds.attach_instances(read_instances(prepared_tiny["prepared"]))
+    loader = DataLoader(ds, batch_size=4, shuffle=False)
+    torch.manual_seed(0)
+    model = tiny_model("coupalign", num_masks=4).eval()
+    outputs: list[dict] = []
+    model.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    diagnoser = Diagnoser(max_samples=10, examples=2)
+    with one_thread():
+        inter, _, rows = run_inference(model, loader, torch.device("cpu"), diagnoser=diagnoser)
+    assert len(outputs) == 3 and len(inter) == 12  # one forward per batch, every sample scored
+    expected = []
+    for batch, out in zip(loader, outputs, strict=True):
+        for i in range(len(batch["row"])):
+            k = int(batch["num_instances"][i])
+            expected.append(sample_diagnostics(out["masks"][i], out["mask_weights"][i], out["queries"][i],
+                                               batch["target"][i], batch["instances"][i, :k]))  # fmt: skip
+    summary, shown = diagnoser.result()
+    assert summary == summarise(expected[:10]) and summary["samples"] == 10
+    assert [e["row"] for e in shown] == [int(r) for r in rows[:2]]
+    with pytest.raises(ValueError, match="no masks, mask_weights, queries"):
+        Diagnoser().update(next(iter(loader)), {"logits": outputs[0]["logits"]})
+
+
 def _train_and_diagnose(data: dict, uri: str, out, options: dict) -> dict[str, float]:
     """A tiny CoupAlign (N = 8, random init) trained for 120 steps through the real loop, then ``ris evaluate``'s
     diagnostics of its val split (``mask_diagnostics.json``)."""

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ris.data.dataset import ReferSplit
 from ris.data.prepare import read_instances, read_split
-from ris.evaluation.mask_diagnostics import DIAGNOSTICS_FILE, write_mask_diagnostics
+from ris.evaluation.mask_diagnostics import DIAGNOSTICS_FILE, Diagnoser, write_mask_diagnostics
 from ris.evaluation.results import encode_masks, write_results
 from ris.metrics import IoUAccumulator
 from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -56,10 +56,13 @@ def run_inference(
     desc: str = "eval",
     masks_out: list[str] | None = None,
     precision: str = "fp32",
+    diagnoser: Diagnoser | None = None,
 ):
     """(per-sample intersection, union, dataset row index) over a loader.
 
     With ``masks_out`` (a list), the predicted masks are appended to it as RLE strings, in sample order.
+    With a ``diagnoser``, each batch's forward outputs are shown to it (a multi-mask model's N masks, diagnosed
+    from this same pass).
     ``precision`` bf16 runs the forward under bf16 autocast (see :func:`inference_autocast`); the masks are
     thresholded logits either way.
     """
@@ -70,13 +73,18 @@ def run_inference(
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images = batch["image"].to(device, non_blocking=non_blocking)
         target = batch["target"].to(device, non_blocking=non_blocking)
+        inputs = (
+            images,
+            batch["input_ids"].to(device, non_blocking=non_blocking),
+            batch["attention_mask"].to(device, non_blocking=non_blocking),
+            tuple(target.shape[-2:]),
+        )
         with inference_autocast(device, precision):
-            pred = model.predict(
-                images,
-                batch["input_ids"].to(device, non_blocking=non_blocking),
-                batch["attention_mask"].to(device, non_blocking=non_blocking),
-                tuple(target.shape[-2:]),
-            )
+            if diagnoser is None:
+                pred = model.predict(*inputs)
+            else:
+                pred, out = model.predict_outputs(*inputs)
+                diagnoser.update(batch, out)
         acc.update(pred, target)
         if masks_out is not None:
             masks_out.extend(encode_masks(pred))
@@ -131,32 +139,28 @@ def evaluate_splits(
         "seed": int(config["seed"]),
         "epoch": int(ckpt.get("epoch", -1)),
     }
-    results = {}
+    # Are a multi-mask model's N masks N hypotheses? Diagnosed on val (else the first split) from the same
+    # inference pass, with the images' objects attached to its items (ris/evaluation/mask_diagnostics.py).
+    diagnosed = ("val" if "val" in datasets else splits[0]) if model.has_mask_hypotheses else None
+    if diagnosed is not None:
+        datasets[diagnosed].attach_instances(read_instances(Path(prepared_dir)))
+    results, diagnostics = {}, None
     for split, ds in datasets.items():
         loader = DataLoader(
             ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=dev.type == "cuda"
         )
         masks: list[str] = []
+        diagnoser = Diagnoser() if split == diagnosed else None
         inter, union, rows = run_inference(
-            model, loader, dev, progress=True, desc=f"evaluate {split}", masks_out=masks, precision=precision
-        )
+            model, loader, dev, progress=True, desc=f"evaluate {split}", masks_out=masks, precision=precision,
+            diagnoser=diagnoser,
+        )  # fmt: skip
         results[split] = write_results(
             Path(out_dir) / split, {**header, "split": split}, tables[split], rows, inter, union, masks, size
         )
-    diagnostics = None
-    if model.has_mask_hypotheses:  # are its N masks N hypotheses? (ris/evaluation/mask_diagnostics.py)
-        split = "val" if "val" in datasets else splits[0]
-        ds = datasets[split]
-        ds.attach_instances(read_instances(Path(prepared_dir)))
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        with inference_autocast(dev, precision):
-            diagnostics = write_mask_diagnostics(
-                Path(out_dir) / split / DIAGNOSTICS_FILE,
-                {**header, "split": split, "image_size": size},
-                model,
-                loader,
-                dev,
-            )
+        if diagnoser is not None:
+            header_d = {**header, "split": split, "image_size": size}
+            diagnostics = write_mask_diagnostics(Path(out_dir) / split / DIAGNOSTICS_FILE, header_d, diagnoser)
     run_id = ckpt.get("mlflow_run_id")
     if log_mlflow and run_id:
         from ris.training.tracking import Tracker

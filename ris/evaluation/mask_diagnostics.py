@@ -141,42 +141,49 @@ def example(
     }
 
 
-@torch.no_grad()
-def diagnose(
-    model, loader, device: torch.device, max_samples: int | None = None, examples: int = 0, top: int = 4
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run ``model`` over ``loader`` (items as :class:`ris.data.dataset.ReferSplit`'s, with instance targets when
-    attached): the means of the diagnostics over (at most ``max_samples``) samples, and the first ``examples``
-    samples' :func:`example` records for the figure."""
-    model.eval()
-    rows: list[dict[str, float]] = []
-    shown: list[dict[str, Any]] = []
-    for batch in loader:
-        out = model(batch["image"].to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device))
+class Diagnoser:
+    """Accumulates the diagnostics of the batches it is shown (items as :class:`ris.data.dataset.ReferSplit`'s,
+    with instance targets when attached, and the model's forward outputs): the means over the first
+    ``max_samples`` samples, and the first ``examples`` samples' :func:`example` records for the figure.
+    ``ris evaluate`` feeds it from its one inference pass (:func:`ris.evaluation.inference.run_inference`)."""
+
+    def __init__(self, max_samples: int | None = MAX_SAMPLES, examples: int = EXAMPLES, top: int = 4):
+        self.max_samples, self.examples, self.top = max_samples, examples, top
+        self.rows: list[dict[str, float]] = []
+        self.shown: list[dict[str, Any]] = []
+
+    @property
+    def full(self) -> bool:
+        return bool(self.max_samples) and len(self.rows) >= self.max_samples
+
+    @torch.no_grad()
+    def update(self, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> None:
         missing = [k for k in MASK_OUTPUTS if k not in out]
         if missing:
-            raise ValueError(f"{type(model).__name__} returns no {', '.join(missing)}: it has no mask hypotheses")
+            raise ValueError(f"the model returns no {', '.join(missing)}: it has no mask hypotheses")
         for i in range(out["masks"].shape[0]):
+            if self.full:
+                return
             masks, weights = out["masks"][i].float().cpu(), out["mask_weights"][i].float().cpu()
             objects = None
             if "instances" in batch:
                 objects = batch["instances"][i, : int(batch["num_instances"][i])]
             target = batch["target"][i]
-            rows.append(sample_diagnostics(masks, weights, out["queries"][i].float().cpu(), target, objects))
-            if len(shown) < examples:
+            self.rows.append(sample_diagnostics(masks, weights, out["queries"][i].float().cpu(), target, objects))
+            if len(self.shown) < self.examples:
                 logits = out["logits"][i].float().cpu()
-                shown.append(example(int(batch["row"][i]), masks, weights, logits, tuple(target.shape), top))
-            if max_samples and len(rows) >= max_samples:
-                return summarise(rows), shown
-    return summarise(rows), shown
+                record = example(int(batch["row"][i]), masks, weights, logits, tuple(target.shape), self.top)
+                self.shown.append(record)
+
+    def result(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The means of :func:`sample_diagnostics` (and the sample count), and the figure's examples."""
+        return summarise(self.rows), self.shown
 
 
-def write_mask_diagnostics(
-    path: Path, header: dict[str, Any], model, loader, device: torch.device, max_samples: int = MAX_SAMPLES
-) -> dict[str, Any]:
-    """Diagnose ``model`` on a split's loader and write ``path`` (JSON: the run's header, ``metrics`` = the
-    means of :func:`sample_diagnostics`, ``examples`` for the figure); return what was written."""
-    summary, shown = diagnose(model, loader, device, max_samples=max_samples, examples=EXAMPLES)
+def write_mask_diagnostics(path: Path, header: dict[str, Any], diagnoser: Diagnoser) -> dict[str, Any]:
+    """Write what ``diagnoser`` accumulated to ``path`` (JSON: the run's header, ``metrics`` = the means of
+    :func:`sample_diagnostics`, ``examples`` for the figure); return what was written."""
+    summary, shown = diagnoser.result()
     record = {**header, "metrics": summary, "examples": shown, "definitions": DEFINITIONS}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -265,5 +265,12 @@ class RISModel(nn.Module):
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, size: tuple[int, int]
     ) -> torch.Tensor:
         """Boolean masks (B, H, W) at ``size``."""
-        logits = self(images, input_ids, attention_mask)["logits"]
-        return resize_logits(logits, size).squeeze(1) > 0
+        return self.predict_outputs(images, input_ids, attention_mask, size)[0]
+
+    def predict_outputs(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`predict`'s masks and the forward's outputs they came from (``ris evaluate`` diagnoses a
+        multi-mask model's N masks from the same pass)."""
+        out = self(images, input_ids, attention_mask)
+        return resize_logits(out["logits"], size).squeeze(1) > 0, out
