@@ -121,6 +121,9 @@ def test_dataset_items_carry_the_images_objects(tiny_synthetic, tmp_path):
         agree = (item["instances"][t].bool() == small.bool()).float().mean()
         assert agree > 0.9
     assert np.isfinite(float(item["instances"].float().sum()))
+    # evaluation reads the objects of its first items only (the diagnosed ones): the others decode none
+    ds.attach_instances(read_instances(prepared), first=3)
+    assert [("instances" in ds[i]) for i in range(5)] == [True, True, True, False, False]
 
 
 def test_evaluation_diagnoses_the_masks_from_its_own_pass(prepared_tiny):

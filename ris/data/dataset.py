@@ -120,13 +120,19 @@ class ReferSplit(Dataset):
         groups = self.table.groupby("ref_id", sort=False).indices
         self.ref_rows = [np.asarray(rows) for rows in groups.values()]
         self._objects: dict[int, list[tuple[int, str]]] | None = None
+        self.instance_items: int | None = None
 
-    def attach_instances(self, instances: pd.DataFrame, instance_size: int | None = None) -> None:
+    def attach_instances(
+        self, instances: pd.DataFrame, instance_size: int | None = None, first: int | None = None
+    ) -> None:
         """From now on, items carry their image's objects (:meth:`instance_targets`) at ``instance_size``
         (default: half the image size, twice the resolution of every method's mask logits: the masks learn
-        finer outlines than at their own resolution, docs/masks.md, for a quarter of the memory of full size)."""
+        finer outlines than at their own resolution, docs/masks.md, for a quarter of the memory of full size).
+        ``first`` (evaluation): only items ``0 .. first - 1`` carry them; the others decode none."""
         self.instance_size = instance_size or self.image_size // 2
-        images = set(self.table["image_id"].astype(int))
+        self.instance_items = first
+        table = self.table if first is None else self.table.iloc[:first]
+        images = set(table["image_id"].astype(int))
         inst = instances[instances["image_id"].isin(images)]
         self._objects = {int(i): list(zip(g["ann_id"].astype(int), g["rle"])) for i, g in inst.groupby("image_id")}
         self.max_objects = max((len(v) for v in self._objects.values()), default=0) or 1
@@ -158,7 +164,7 @@ class ReferSplit(Dataset):
             "target": resize_mask(mask, self.image_size),
             "row": torch.tensor(i),
         }
-        if self._objects is not None:
+        if self._objects is not None and (self.instance_items is None or index < self.instance_items):
             item.update(self.instance_targets(i))
         return item
 

@@ -14,6 +14,7 @@ section of config.yaml (paper: ``cuda``, ``bf16``: the forward under bf16 autoca
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from ris.data.dataset import ReferSplit
 from ris.data.prepare import read_instances, read_split
-from ris.evaluation.mask_diagnostics import DIAGNOSTICS_FILE, Diagnoser, write_mask_diagnostics
+from ris.evaluation.mask_diagnostics import DIAGNOSTICS_FILE, MAX_SAMPLES, Diagnoser, write_mask_diagnostics
 from ris.evaluation.results import encode_masks, write_results
 from ris.metrics import IoUAccumulator
 from ris.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -140,10 +141,12 @@ def evaluate_splits(
         "epoch": int(ckpt.get("epoch", -1)),
     }
     # Are a multi-mask model's N masks N hypotheses? Diagnosed on val (else the first split) from the same
-    # inference pass, with the images' objects attached to its items (ris/evaluation/mask_diagnostics.py).
+    # inference pass (ris/evaluation/mask_diagnostics.py), with the images' objects attached to the items it
+    # reads: the first MAX_SAMPLES, rounded up to whole batches so that no batch mixes items with and without.
     diagnosed = ("val" if "val" in datasets else splits[0]) if model.has_mask_hypotheses else None
     if diagnosed is not None:
-        datasets[diagnosed].attach_instances(read_instances(Path(prepared_dir)))
+        first = math.ceil(MAX_SAMPLES / batch_size) * batch_size
+        datasets[diagnosed].attach_instances(read_instances(Path(prepared_dir)), first=first)
     results, diagnostics = {}, None
     for split, ds in datasets.items():
         loader = DataLoader(
